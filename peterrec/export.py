@@ -1,0 +1,224 @@
+"""Export directories: the contract between pretraining, finetuning and serving.
+
+``<model_dir>/export/<version>/`` (integer versions, as TensorFlow Serving
+expects) holds:
+
+* ``saved_model.pb`` + ``variables/``: a SavedModel whose ``serving_default``
+  signature takes raw item-id strings ``item_ids: string [batch, length]``
+  and returns ``top_k_ids: string [batch, k]`` and ``top_k_scores: float
+  [batch, k]``. The vocabulary lookup happens inside the graph; unknown ids
+  map to the OOV id; the empty string ``""`` is padding and may stand on
+  either side (real items keep their order); only the most recent
+  ``max_len`` items are used. ``top_k_exclude_seen`` does the same but never
+  returns an item of the input. Reserved ids are never returned.
+* ``config.json``: schema version, peterrec / TF / Keras versions, the task
+  and backbone configs, the vocabulary hash, reserved ids, max_len, top_k.
+* ``vocab.json``: the item vocabulary (peterrec.data.vocab format).
+* ``backbone.weights.h5`` and ``task.weights.h5``: Keras weights to rebuild
+  (and patch) the backbone and the whole task in Keras from this directory.
+* ``metrics.json``: the metrics of the exported weights.
+
+A new version is written under a temporary name and renamed into place, so a
+reader never sees a partial export and the previous version stays valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import peterrec
+from peterrec.data.vocab import Vocabulary
+from peterrec.errors import ExportError, VocabularyError
+from peterrec.eval.ranking import exclude_reserved
+from peterrec.features import NUM_RESERVED, OOV_ID, PAD_ID, RESERVED_IDS, RESERVED_TOKENS, SERVING_PAD
+
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+BACKBONE_WEIGHTS = "backbone.weights.h5"
+TASK_WEIGHTS = "task.weights.h5"
+METRICS_FILE = "metrics.json"
+EXPORT_DIR = "export"
+
+
+def write_json(path, payload):
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def versions(export_root):
+    """Completed export versions under ``export_root``, ascending."""
+    if not os.path.isdir(export_root):
+        return []
+    return sorted(int(name) for name in os.listdir(export_root) if name.isdigit())
+
+
+def latest_export(path):
+    """Resolve an export root (``.../export``), a model dir or a version dir to a version dir."""
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    for root in (path, os.path.join(path, EXPORT_DIR)):
+        found = versions(root)
+        if found:
+            return os.path.join(root, str(found[-1]))
+    raise ExportError(
+        f"{path} is not an export directory: expected {CONFIG_FILE} and saved_model.pb in it, "
+        f"or numbered versions under it or under {os.path.join(path, EXPORT_DIR)}"
+    )
+
+
+class ServingModule(tf.Module):
+    """Raw item-id strings in, top-k item-id strings and scores out."""
+
+    def __init__(self, task, vocab: Vocabulary, max_len, top_k):
+        super().__init__()
+        self.task = task
+        self.max_len = int(max_len)
+        self.top_k = int(min(top_k, vocab.size - NUM_RESERVED))
+        keys = [SERVING_PAD, *vocab.tokens]
+        values = [PAD_ID, *range(NUM_RESERVED, vocab.size)]
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values, tf.int64)), default_value=OOV_ID
+        )
+        self.id_to_token = tf.constant(list(RESERVED_TOKENS) + list(vocab.tokens))
+
+    def encode(self, item_ids):
+        """Strings ``[B, T]`` -> right-aligned int ids ``[B, L]`` and lengths ``[B]``."""
+        ids = tf.cast(self.table.lookup(item_ids), tf.int32)
+        is_pad = tf.cast(tf.equal(ids, PAD_ID), tf.int32)
+        ids = tf.gather(ids, tf.argsort(is_pad, axis=1, stable=True), batch_dims=1)  # real items first, in order
+        lengths = tf.reduce_sum(1 - is_pad, axis=1)
+        width = tf.minimum(tf.shape(ids)[1], self.max_len)
+        offset = tf.maximum(lengths - self.max_len, 0)
+        cols = tf.range(width)[None, :]
+        idx = tf.minimum(offset[:, None] + cols, tf.maximum(tf.shape(ids)[1] - 1, 0))
+        kept = tf.minimum(lengths, self.max_len)
+        window = tf.where(cols < kept[:, None], tf.gather(ids, idx, batch_dims=1), PAD_ID)
+        return window, kept
+
+    def _top_k(self, item_ids, exclude_seen):
+        ids, lengths = self.encode(item_ids)
+        scores = exclude_reserved(self.task.score_last(ids, lengths))
+        if exclude_seen:
+            seen = tf.reduce_max(tf.one_hot(ids, tf.shape(scores)[1], dtype=tf.float32), axis=1) > 0
+            scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0e38), scores)
+        top = tf.math.top_k(scores, k=self.top_k)
+        return {"top_k_ids": tf.gather(self.id_to_token, top.indices), "top_k_scores": top.values}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
+    def serve(self, item_ids):
+        return self._top_k(item_ids, exclude_seen=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
+    def serve_exclude_seen(self, item_ids):
+        return self._top_k(item_ids, exclude_seen=True)
+
+
+def export_model(task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain"):
+    """Write a new numbered export version under ``<model_dir>/export``; returns its path."""
+    export_root = os.path.join(model_dir, EXPORT_DIR)
+    os.makedirs(export_root, exist_ok=True)
+    version = (versions(export_root) or [0])[-1] + 1
+    tmp = tempfile.mkdtemp(dir=export_root, prefix=f".tmp-{version}-")
+    try:
+        module = ServingModule(task, vocab, max_len, top_k)
+        tf.saved_model.save(
+            module,
+            tmp,
+            signatures={"serving_default": module.serve, "top_k_exclude_seen": module.serve_exclude_seen},
+        )
+        task.backbone.save_weights(os.path.join(tmp, BACKBONE_WEIGHTS))
+        task.save_weights(os.path.join(tmp, TASK_WEIGHTS))
+        vocab.save(os.path.join(tmp, VOCAB_FILE))
+        config = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
+            "backbone": keras.saving.serialize_keras_object(task.backbone),
+            "task": keras.saving.serialize_keras_object(task),
+            "vocab_hash": vocab.hash,
+            "vocab_size": vocab.size,
+            "reserved_ids": RESERVED_IDS,
+            "max_len": int(max_len),
+            "serving": {
+                "signatures": ["serving_default", "top_k_exclude_seen"],
+                "input": "item_ids: string [batch, length]; '' is padding, on either side",
+                "top_k": module.top_k,
+            },
+            **(extra_config or {}),
+        }
+        write_json(os.path.join(tmp, CONFIG_FILE), config)
+        write_json(os.path.join(tmp, METRICS_FILE), metrics or {})
+        final = os.path.join(export_root, str(version))
+        os.rename(tmp, final)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_config(export_dir):
+    path = os.path.join(export_dir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExportError(f"cannot read {path}: {err}") from err
+    if config.get("schema_version") != SCHEMA_VERSION:
+        raise ExportError(f"{path}: schema_version {config.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    return config
+
+
+class LoadedExport:
+    """An export rebuilt in Keras: ``task``, ``backbone``, ``vocab``, ``config``.
+
+    ``recommend`` ranks next items for raw id sequences in Python; the same
+    answers come from the SavedModel signature.
+    """
+
+    def __init__(self, path):
+        self.path = latest_export(path)
+        self.config = read_config(self.path)
+        self.vocab = Vocabulary.load(os.path.join(self.path, VOCAB_FILE))
+        if self.vocab.hash != self.config["vocab_hash"]:
+            raise VocabularyError(
+                f"{self.path}: vocab.json has hash {self.vocab.hash[:12]}, config.json expects {self.config['vocab_hash'][:12]}"
+            )
+        self.task = keras.saving.deserialize_keras_object(self.config["task"])
+        self.task.load_weights(os.path.join(self.path, TASK_WEIGHTS))
+        self.backbone = self.task.backbone
+        self.max_len = int(self.config["max_len"])
+        self._module = ServingModule(self.task, self.vocab, self.max_len, self.config["serving"]["top_k"])
+
+    def recommend(self, sequences, top_k=10, exclude_seen=False):
+        """Top-k ``(item, score)`` lists for raw item-id sequences (lists of strings)."""
+        width = max(1, max((len(s) for s in sequences), default=1))
+        rows = [list(map(str, s)) + [SERVING_PAD] * (width - len(s)) for s in sequences]
+        fn = self._module.serve_exclude_seen if exclude_seen else self._module.serve
+        out = fn(tf.constant(rows, dtype=tf.string))
+        ids = out["top_k_ids"].numpy()[:, :top_k]
+        scores = out["top_k_scores"].numpy()[:, :top_k]
+        return [[(i.decode(), float(s)) for i, s in zip(r_ids, r_scores)] for r_ids, r_scores in zip(ids, scores)]
+
+
+def load_export(path):
+    """Load an export directory (root, model dir or version dir) into Keras."""
+    return LoadedExport(path)

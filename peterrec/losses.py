@@ -1,0 +1,85 @@
+"""Losses shared by the tasks: weighted full softmax and sampled softmax.
+
+Every loss returns the *sum* of the per-position losses times their weights;
+the training loop divides by the all-reduced sum of weights, so the loss is
+the same mean whatever the number of replicas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from peterrec.errors import ConfigError
+from peterrec.features import NUM_RESERVED
+
+
+def weighted_softmax_ce_sum(logits, labels, weights):
+    """Sum over positions of ``weights * CE(softmax(logits), labels)``.
+
+    Args:
+        logits: float ``[..., V]``.
+        labels: int ``[...]``.
+        weights: float ``[...]``.
+    """
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * tf.cast(weights, tf.float32))
+
+
+def unigram_counts(counts, smoothing=1.0):
+    """Sampler weights from item counts: reserved ids get 0, real items ``count + smoothing``.
+
+    The smoothing lets items never seen in training still be drawn as negatives.
+    """
+    weights = np.asarray(counts, dtype=np.float64) + smoothing
+    weights[:NUM_RESERVED] = 0.0
+    return weights.tolist()
+
+
+def sampled_softmax_sum(weights, biases, hidden, labels, sample_weight, num_sampled, unigrams, seed=None):
+    """Sampled softmax over a unigram candidate distribution built from item counts.
+
+    Uses ``tf.nn.sampled_softmax_loss`` (unique candidates shared by the
+    batch, accidental hits removed, log-Q correction) with
+    ``tf.random.fixed_unigram_candidate_sampler`` instead of TF's default
+    log-uniform sampler, which assumes frequency-sorted ids. The candidate
+    sampler has no XLA kernel: never call this inside a jit-compiled function.
+
+    Args:
+        weights: ``[V, C]`` output embeddings; biases: ``[V]``.
+        hidden: ``[..., C]``; labels, sample_weight: ``[...]``.
+        num_sampled: negatives per batch.
+        unigrams: python list of length V with the sampling weight of each id.
+    """
+    c = hidden.shape[-1]
+    flat_h = tf.reshape(tf.cast(hidden, tf.float32), [-1, c])
+    flat_y = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
+    flat_w = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    sampled = tf.random.fixed_unigram_candidate_sampler(
+        true_classes=flat_y,
+        num_true=1,
+        num_sampled=num_sampled,
+        unique=True,
+        range_max=len(unigrams),
+        unigrams=unigrams,
+        seed=seed,
+    )
+    loss = tf.nn.sampled_softmax_loss(
+        weights=weights,
+        biases=biases,
+        labels=flat_y,
+        inputs=flat_h,
+        num_sampled=num_sampled,
+        num_classes=len(unigrams),
+        sampled_values=sampled,
+        remove_accidental_hits=True,
+    )
+    return tf.reduce_sum(loss * flat_w)
+
+
+def check_jit_compatible(loss, jit_compile):
+    if jit_compile and loss == "sampled_softmax":
+        raise ConfigError(
+            "--loss sampled_softmax cannot be combined with --jit_compile: TensorFlow's candidate "
+            "samplers have no XLA kernel. Use --loss full_softmax with --jit_compile, or drop --jit_compile."
+        )

@@ -1,0 +1,280 @@
+"""Pretraining jobs: data -> backbone + task -> the one training loop -> export.
+
+``run(PretrainConfig(...))`` is what ``python -m pipelines.pretrain`` (and
+``pipelines.train --model nextitnet``) calls. It writes into ``model_dir``:
+
+* ``export/<version>/`` (see :mod:`peterrec.export`),
+* ``logs/`` TensorBoard scalars and the train-step graph,
+* ``ckpt/`` training checkpoints (re-running the same job resumes),
+* ``metrics.json`` validation/test metrics of the selected checkpoint, the
+  popularity baseline on the same split, timings and parameter counts,
+* ``job_config.json`` the resolved configuration (checked on resume),
+* ``curves.png`` loss and validation MRR@10 per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import peterrec
+from peterrec import distribute, export, losses
+from peterrec.backbones.nextitnet import DEFAULT_DILATIONS, NextItNetBackbone
+from peterrec.data import convert, dataset, tfrecord
+from peterrec.data.vocab import Vocabulary
+from peterrec.errors import ConfigError
+from peterrec.tasks.next_item import LOSSES, NextItemTask
+from peterrec.training import PopularityScorer, TrainConfig, Trainer, TrainInputs
+
+BACKBONES = ("nextitnet",)
+JOB_CONFIG = "job_config.json"
+# Fields that may change between a run and its resumption without invalidating checkpoints.
+RESUMABLE_FIELDS = {"epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size"}
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    data: str = "Data/synthetic/source.inter"
+    format: str = "auto"
+    tfrecord_dir: str = "tfrecords"
+    vocab_from: str | None = None
+    model_dir: str | None = None  # default checkpoints/pretrain-<backbone>
+    backbone: str = "nextitnet"
+    # data preparation (used when --data is a raw file)
+    num_shards: int = 8
+    split: str = "loo"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    min_seq_len: int = 3
+    k_core: int = 0
+    dedup: bool = False
+    rating_threshold: float | None = None
+    # model
+    embedding_dim: int = 64
+    dilations: tuple = DEFAULT_DILATIONS
+    kernel_size: int = 3
+    dropout: float = 0.0
+    loss: str = "full_softmax"
+    sampled_fraction: float = 0.2
+    pad_as_item: bool = False
+    # training
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    learning_rate: float = 1e-3
+    max_len: int = 50
+    stride: int = 10
+    patience: int = 3
+    seed: int = 42
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 500
+    eval_protocol: str = "full"
+    strategy: str = "auto"
+    tpu: str | None = None
+    tf_config: str | None = None
+    top_k: int = 50
+    verbose: int = 2
+
+    def resolved_model_dir(self):
+        return self.model_dir or os.path.join("checkpoints", f"pretrain-{self.backbone}")
+
+    def validate(self):
+        def check(ok, flag, message):
+            if not ok:
+                raise ConfigError(f"--{flag}: {message}")
+
+        check(self.backbone in BACKBONES, "backbone", f"{self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        check(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.max_len >= 2, "max_len", f"must be >= 2, got {self.max_len}")
+        check(1 <= self.stride <= self.max_len, "stride", f"must be in [1, max_len={self.max_len}], got {self.stride}")
+        check(self.embedding_dim >= 1, "embedding_dim", f"must be >= 1, got {self.embedding_dim}")
+        check(len(self.dilations) >= 1 and min(self.dilations) >= 1, "dilations", f"need positive ints, got {self.dilations}")
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check(self.eval_protocol in ("full", "sampled"), "eval_protocol", f"{self.eval_protocol!r} is not full or sampled")
+        losses.check_jit_compatible(self.loss, self.jit_compile)
+
+
+def prepare_data(cfg):
+    """Resolve ``--data`` to a TFRecord set; returns ``(set_dir, metadata, vocab)``."""
+    vocab = Vocabulary.load(cfg.vocab_from) if cfg.vocab_from else None
+    set_dir = convert.resolve_data(
+        cfg.data,
+        cfg.format,
+        cfg.tfrecord_dir,
+        vocab=vocab,
+        num_shards=cfg.num_shards,
+        split=cfg.split,
+        valid_fraction=cfg.valid_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        min_seq_len=cfg.min_seq_len,
+        k_core=cfg.k_core,
+        dedup=cfg.dedup,
+        rating_threshold=cfg.rating_threshold,
+    )
+    metadata = tfrecord.load_metadata(set_dir)
+    set_vocab = Vocabulary.load(set_dir)
+    if set_vocab.hash != metadata["vocab_hash"]:
+        raise ConfigError(f"{set_dir}: vocab.json hash {set_vocab.hash[:12]} differs from metadata.json's {metadata['vocab_hash'][:12]}")
+    if vocab is not None and vocab.hash != set_vocab.hash:
+        raise ConfigError(f"--vocab_from {cfg.vocab_from}: vocabulary hash {vocab.hash[:12]} differs from the data's {set_vocab.hash[:12]}")
+    return set_dir, metadata, set_vocab
+
+
+def _check_job_config(model_dir, record):
+    """Refuse to reuse a model_dir that holds a run with an incompatible configuration."""
+    path = os.path.join(model_dir, JOB_CONFIG)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diffs = [
+            f"{key}: {old.get(key)!r} -> {record.get(key)!r}"
+            for key in sorted(set(old) | set(record))
+            if key not in RESUMABLE_FIELDS and old.get(key) != record.get(key)
+        ]
+        if diffs:
+            raise ConfigError(
+                f"--model_dir {model_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
+                "Use another --model_dir, or delete that directory to start over."
+            )
+    export.write_json(path, record)
+
+
+def build_inputs(set_dir, metadata, cfg):
+    steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size)
+
+    def train_fn(epoch, skip_steps, ctx):
+        return dataset.train_dataset(
+            set_dir,
+            max_len=cfg.max_len,
+            stride=cfg.stride,
+            batch_size=cfg.batch_size,
+            steps=steps,
+            seed=cfg.seed,
+            epoch=epoch,
+            skip_steps=skip_steps,
+            pad_as_item=cfg.pad_as_item,
+            input_context=ctx,
+        )
+
+    def eval_fn(split, ctx):
+        return dataset.eval_dataset(set_dir, split, max_len=cfg.max_len, batch_size=cfg.eval_batch_size, input_context=ctx)
+
+    return TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=dataset.num_train_targets(metadata))
+
+
+def build_task(cfg, vocab):
+    backbone = NextItNetBackbone(
+        vocabulary_size=vocab.size,
+        embedding_dim=cfg.embedding_dim,
+        dilations=list(cfg.dilations),
+        kernel_size=cfg.kernel_size,
+        causal=True,
+        dropout=cfg.dropout,
+        mask_padding=not cfg.pad_as_item,
+    )
+    return NextItemTask(backbone, loss=cfg.loss, item_counts=vocab.counts, sampled_fraction=cfg.sampled_fraction)
+
+
+def count_params(weights):
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def run(cfg: PretrainConfig):
+    """Train, evaluate and export; returns the metrics dict written to metrics.json."""
+    cfg.validate()
+    keras.utils.set_random_seed(cfg.seed)
+    model_dir = cfg.resolved_model_dir()
+    set_dir, metadata, vocab = prepare_data(cfg)
+    record = dataclasses.asdict(cfg) | {"data_vocab_hash": vocab.hash, "data_set": os.path.basename(set_dir)}
+    record["dilations"] = list(cfg.dilations)
+    os.makedirs(model_dir, exist_ok=True)
+    _check_job_config(model_dir, record)
+
+    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
+    inputs = build_inputs(set_dir, metadata, cfg)
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        patience=cfg.patience,
+        jit_compile=cfg.jit_compile,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        eval_protocol=cfg.eval_protocol,
+        seed=cfg.seed,
+        verbose=cfg.verbose,
+    )
+    trainer = Trainer(lambda: build_task(cfg, vocab), inputs, model_dir, train_cfg, strategy)
+    result = trainer.fit()
+    task = trainer.task
+
+    t0 = time.perf_counter()
+    valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
+    eval_seconds = time.perf_counter() - t0
+    popularity = PopularityScorer(vocab.counts)
+    metrics = {
+        "valid": valid,
+        "test": test,
+        "popularity": {"valid": trainer.evaluate("valid", popularity), "test": trainer.evaluate("test", popularity)},
+        "selected_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "global_step": result.global_step,
+        "stopped_early": result.stopped_early,
+        "stopped_on_nan": result.stopped_on_nan,
+        "train_wall_seconds": round(result.train_seconds, 2),
+        "eval_wall_seconds": round(eval_seconds, 2),
+        "trained_positions_per_second": round(result.positions_per_second, 1),
+        "users_per_second_eval": round((valid["users"] + test["users"]) / max(eval_seconds, 1e-9), 1),
+        "total_params": count_params(task.weights),
+        "trainable_params": count_params(task.trainable_weights),
+        "backbone_params": count_params(task.backbone.weights),
+        "eval_protocol": cfg.eval_protocol,
+        "data": {"set_dir": set_dir, "vocab_size": vocab.size, "vocab_hash": vocab.hash, "counts": metadata.get("counts", {})},
+        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+    }
+    if result.stopped_on_nan:
+        export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
+        raise ConfigError(f"training diverged (NaN/Inf loss) at step {result.global_step}; see {model_dir}/metrics.json")
+    export_dir = export.export_model(
+        task,
+        vocab,
+        model_dir,
+        max_len=cfg.max_len,
+        top_k=cfg.top_k,
+        metrics=metrics,
+        extra_config={"job": record, "backbone_name": cfg.backbone},
+    )
+    metrics["export_dir"] = export_dir
+    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    plot_history(result.history, os.path.join(model_dir, "curves.png"))
+    return metrics
+
+
+def plot_history(history, path):
+    """Loss and validation MRR@10 per epoch as a PNG (skipped without matplotlib rows)."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.plot(epochs, [row["loss"] for row in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key in ("val_mrr@10", "val_hr@10"):
+        ax2.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key[4:])
+    ax2.set(xlabel="epoch", title="validation")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

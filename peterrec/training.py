@@ -1,0 +1,372 @@
+"""The one training loop, shared by every job and every ``tf.distribute`` strategy.
+
+Keras 3 ``fit`` fails under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585), so peterrec trains with a custom ``tf.function``
+step run through ``strategy.run``:
+
+* the per-replica loss is the task's loss *sum* divided by the all-reduced
+  number of positions that carry loss, so the gradient (summed over replicas
+  by the optimizer) is the global mean whatever the replica count;
+* Keras callbacks are driven through ``keras.callbacks.CallbackList``:
+  progress bar, ``TensorBoard``, ``TerminateOnNaN``, ``EarlyStopping``;
+* ``tf.train.CheckpointManager`` saves model, optimizer, global step and the
+  early-stopping state every ``checkpoint_every_steps`` and at every epoch
+  end, so re-running the same job resumes where it stopped, mid-epoch
+  included (the epoch's data order is a function of the seed and the epoch,
+  and already-trained batches are skipped);
+* the weights with the best validation metric (``monitor``, default
+  ``mrr@10``) are kept in a separate checkpoint and restored at the end.
+
+A task is any ``keras.Model`` with ``loss_sum(batch, training)``,
+``loss_count(batch)`` and ``eval_scores(batch)`` (scores over all ids,
+``[batch, V]``, for the target in ``batch["labels"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from peterrec.eval import ranking
+from peterrec.features import LABELS
+
+CKPT_DIR = "ckpt"
+BEST_DIR = "ckpt/best"
+LOG_DIR = "logs"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one training run (plain values; pipelines fill them from flags)."""
+
+    epochs: int = 20
+    learning_rate: float = 1e-3
+    patience: int = 5
+    monitor: str = "mrr@10"
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 500
+    eval_protocol: str = "full"  # "full" ranking or "sampled" (1 target + num_negatives)
+    num_negatives: int = 99
+    ks: tuple = ranking.DEFAULT_KS
+    seed: int = 42
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class TrainInputs:
+    """Where the data comes from.
+
+    ``train(epoch, skip_steps, input_context)`` returns one epoch of exactly
+    ``steps_per_epoch`` global batches minus the skipped ones;
+    ``evaluate(split, input_context)`` returns a finite dataset of evaluation
+    rows. ``targets_per_epoch`` is the number of positions with loss in an epoch.
+    """
+
+    train: Callable
+    evaluate: Callable
+    steps_per_epoch: int
+    targets_per_epoch: int
+
+
+@dataclasses.dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict
+    epochs_run: int
+    global_step: int
+    train_seconds: float
+    positions_per_second: float
+    history: list
+    stopped_early: bool
+    stopped_on_nan: bool
+
+
+def variable_dict(variables):
+    """``{path: tf.Variable}`` with unique, stable keys (the checkpoint contract)."""
+    out = {}
+    for v in variables:
+        key = getattr(v, "path", None) or v.name
+        if key in out:
+            raise ValueError(f"two variables share the path {key!r}: name every layer uniquely")
+        out[key] = getattr(v, "value", v)
+    return out
+
+
+def make_checkpoint(model, optimizer=None, **state):
+    """A ``tf.train.Checkpoint`` over the model's (and optimizer's) variables by path."""
+    parts = {"model": variable_dict(model.weights)}
+    if optimizer is not None:
+        parts["optimizer"] = variable_dict(optimizer.variables)
+    return tf.train.Checkpoint(**parts, **state)
+
+
+class Trainer:
+    """Runs the loop for one task under one strategy; see the module docstring."""
+
+    def __init__(self, task_fn, inputs: TrainInputs, model_dir, config: TrainConfig, strategy=None, callbacks=()):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.inputs = inputs
+        self.model_dir = model_dir
+        self.config = config
+        self.extra_callbacks = list(callbacks)
+        with self.strategy.scope():
+            self.task = task_fn()
+            self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-8)
+            self.optimizer.build(self.task.trainable_variables)
+            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.best_value = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_value")
+            self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
+            self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        self.task.compile(optimizer=self.optimizer)  # lets Keras callbacks find the optimizer
+        self.checkpoint = make_checkpoint(
+            self.task,
+            self.optimizer,
+            global_step=self.global_step,
+            epoch=self.epoch,
+            best_value=self.best_value,
+            best_epoch=self.best_epoch,
+            wait=self.wait,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(model_dir, CKPT_DIR), max_to_keep=2, step_counter=self.global_step
+        )
+        self.best_checkpoint = make_checkpoint(self.task)
+        self.best_manager = tf.train.CheckpointManager(self.best_checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1)
+        self._train_step = self._build_train_step()
+        self._eval_step = None
+
+    # ------------------------------------------------------------------ steps
+    def _build_train_step(self):
+        task, optimizer, strategy = self.task, self.optimizer, self.strategy
+        num_replicas = strategy.num_replicas_in_sync
+        use_jit = self.config.jit_compile
+
+        def grads_of(batch, inv_count):
+            with tf.GradientTape() as tape:
+                loss_sum = task.loss_sum(batch, training=True, static_shapes=use_jit)
+                loss = loss_sum * inv_count
+                if task.losses:
+                    loss += tf.add_n(task.losses) / num_replicas
+            grads = tape.gradient(loss, task.trainable_variables)
+            return loss_sum, grads
+
+        compute = tf.function(grads_of, jit_compile=True) if use_jit else grads_of
+
+        def replica_step(batch):
+            count = task.loss_count(batch)
+            ctx = tf.distribute.get_replica_context()
+            global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            loss_sum, grads = compute(batch, 1.0 / tf.maximum(global_count, 1.0))
+            optimizer.apply_gradients(zip(grads, task.trainable_variables))
+            return loss_sum, count
+
+        @tf.function
+        def train_step(iterator):
+            loss_sum, count = strategy.run(replica_step, args=(next(iterator),))
+            loss_sum = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
+            count = strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
+            self.global_step.assign_add(1)
+            return loss_sum / tf.maximum(count, 1.0), count
+
+        return train_step
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, split, scorer=None):
+        """Metrics of ``scorer`` (default: the task) on an evaluation split."""
+        return evaluate(
+            scorer or self.task,
+            lambda ctx: self.inputs.evaluate(split, ctx),
+            self.strategy,
+            protocol=self.config.eval_protocol,
+            num_negatives=self.config.num_negatives,
+            ks=self.config.ks,
+            seed=self.config.seed,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _callbacks(self, steps):
+        cfg = self.config
+        self.tensorboard = keras.callbacks.TensorBoard(
+            os.path.join(self.model_dir, LOG_DIR), write_graph=False, update_freq="epoch", profile_batch=0
+        )
+        self.early_stopping = keras.callbacks.EarlyStopping(
+            monitor=f"val_{cfg.monitor}", mode="max", patience=cfg.patience, verbose=0
+        )
+        return keras.callbacks.CallbackList(
+            [keras.callbacks.TerminateOnNaN(), self.tensorboard, self.early_stopping, *self.extra_callbacks],
+            add_history=True,
+            add_progbar=cfg.verbose > 0,
+            model=self.task,
+            verbose=cfg.verbose,
+            epochs=cfg.epochs,
+            steps=steps,
+        )
+
+    def _write_graph(self, iterator):
+        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, LOG_DIR, "train"))
+        with writer.as_default():
+            tf.summary.graph(self._train_step.get_concrete_function(iterator).graph)
+        writer.close()
+
+    def restore(self):
+        """Restore the latest training checkpoint, if any; returns its path."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def fit(self) -> TrainResult:
+        cfg, steps = self.config, self.inputs.steps_per_epoch
+        resumed = self.restore()
+        callbacks = self._callbacks(steps)
+        history, stopped_nan = [], False
+        start_epoch = int(self.epoch.numpy())
+        skip = int(self.global_step.numpy()) - start_epoch * steps
+        if resumed and cfg.verbose:
+            print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {steps}")
+        self.task.stop_training = False
+        callbacks.on_train_begin()
+        self.early_stopping.wait = int(self.wait.numpy())
+        if self.best_epoch.numpy() >= 0:
+            self.early_stopping.best = float(self.best_value.numpy())
+            self.early_stopping.best_epoch = int(self.best_epoch.numpy())
+        train_seconds, trained_positions, graph_written = 0.0, 0.0, False
+        stopped_early = bool(self.wait.numpy() >= cfg.patience > 0)
+        epoch = start_epoch
+        for epoch in range(start_epoch, cfg.epochs if not stopped_early else start_epoch):
+            callbacks.on_epoch_begin(epoch)
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda ctx, e=epoch, s=skip: self.inputs.train(e, s, ctx)
+            )
+            iterator = iter(dataset)
+            if not graph_written:
+                self._write_graph(iterator)
+                graph_written = True
+            t0, epoch_positions, loss = time.perf_counter(), 0.0, float("nan")
+            for batch_index in range(skip, steps):
+                callbacks.on_train_batch_begin(batch_index)
+                loss_t, count = self._train_step(iterator)
+                loss, epoch_positions = float(loss_t), epoch_positions + float(count)
+                callbacks.on_train_batch_end(batch_index, {"loss": loss})
+                if self.task.stop_training:
+                    stopped_nan = True
+                    break
+                if cfg.checkpoint_every_steps and int(self.global_step.numpy()) % cfg.checkpoint_every_steps == 0:
+                    self.manager.save(check_interval=False)
+            elapsed = time.perf_counter() - t0
+            skip = 0
+            if stopped_nan:
+                last_good = self.manager.latest_checkpoint or "none (no checkpoint was written yet)"
+                print(
+                    f"error: the loss became NaN/Inf at global step {int(self.global_step.numpy())}; "
+                    f"training stopped. Last good checkpoint: {last_good}"
+                )
+                break
+            train_seconds += elapsed
+            trained_positions += epoch_positions
+            valid = self.evaluate("valid")
+            logs = {"loss": loss, **{f"val_{k}": v for k, v in valid.items()}}
+            logs["positions_per_second"] = epoch_positions / max(elapsed, 1e-9)
+            logs["learning_rate"] = float(self.optimizer.learning_rate.numpy())
+            improved = valid[cfg.monitor] > float(self.best_value.numpy())
+            if improved:
+                self.best_value.assign(valid[cfg.monitor])
+                self.best_epoch.assign(epoch)
+                self.best_manager.save(checkpoint_number=epoch)
+            callbacks.on_epoch_end(epoch, logs)
+            history.append({"epoch": epoch + 1, **logs, "seconds": elapsed})
+            self.wait.assign(self.early_stopping.wait)
+            self.epoch.assign(epoch + 1)
+            self.manager.save(check_interval=False)
+            if self.task.stop_training:
+                stopped_early = True
+                break
+        callbacks.on_train_end()
+        best_epoch = int(self.best_epoch.numpy())
+        if best_epoch >= 0:
+            self.best_checkpoint.restore(self.best_manager.latest_checkpoint).assert_existing_objects_matched()
+        self._append_history(history)
+        return TrainResult(
+            best_epoch=best_epoch + 1,
+            best_valid={},
+            epochs_run=int(self.epoch.numpy()),
+            global_step=int(self.global_step.numpy()),
+            train_seconds=train_seconds,
+            positions_per_second=trained_positions / max(train_seconds, 1e-9),
+            history=self._read_history(),
+            stopped_early=stopped_early,
+            stopped_on_nan=stopped_nan,
+        )
+
+    def _history_path(self):
+        return os.path.join(self.model_dir, "history.jsonl")
+
+    def _append_history(self, rows):
+        with open(self._history_path(), "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+    def _read_history(self):
+        if not os.path.exists(self._history_path()):
+            return []
+        with open(self._history_path()) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negatives=99, ks=ranking.DEFAULT_KS, seed=0):
+    """Mean rank metrics of ``scorer.eval_scores`` over a finite dataset.
+
+    Args:
+        scorer: object with ``eval_scores(batch) -> [batch, V]`` scores.
+        dataset_fn: ``input_context -> tf.data.Dataset`` of evaluation rows.
+        protocol: "full" (rank over every non-reserved id) or "sampled"
+            (rank among the target and ``num_negatives`` uniform negatives).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    names = ranking.metric_names(ks)
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+
+    def replica_step(batch, batch_index):
+        scores = ranking.exclude_reserved(scorer.eval_scores(batch))
+        targets = batch[LABELS]
+        if protocol == "sampled":
+            ranks = ranking.sampled_ranks(scores, targets, num_negatives, seed=tf.stack([seed, batch_index]))
+        else:
+            ranks = ranking.target_ranks(scores, targets)
+        values = ranking.rank_metrics(ranks, ks)
+        sums = tf.stack([tf.reduce_sum(values[n]) for n in names])
+        return sums, tf.cast(tf.size(targets), tf.float32)
+
+    @tf.function
+    def step(batch, batch_index):
+        sums, count = strategy.run(replica_step, args=(batch, batch_index))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None),
+        )
+
+    total, count = np.zeros(len(names)), 0.0
+    for i, batch in enumerate(dataset):
+        sums, n = step(batch, tf.constant(i, tf.int32))
+        total += sums.numpy()
+        count += float(n)
+    return ranking.summarise(dict(zip(names, total)), count) | {"users": int(count)}
+
+
+class PopularityScorer:
+    """Scores every id by its training count: the popularity baseline."""
+
+    def __init__(self, counts):
+        self.counts = tf.constant(np.asarray(counts, dtype=np.float32))
+
+    def eval_scores(self, batch):
+        n = tf.shape(batch[LABELS])[0]
+        return tf.tile(self.counts[None, :], [n, 1])

@@ -1,0 +1,73 @@
+"""Converts a raw interaction file into a TFRecord set (vocab.json + shards).
+
+Usage:
+    python -m pipelines.convert --data Data/ml-100k.inter --output_dir tfrecords/ml-100k
+    python -m pipelines.convert --data new.csv --vocab_from exports/pretrained --overwrite
+
+``--output_dir`` defaults to ``<--tfrecord_dir>/<file stem>``. Errors in the
+input are printed as one line (exit status 2) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from peterrec.data.convert import convert, source_stem
+from peterrec.data.vocab import Vocabulary
+from peterrec.errors import ConfigError
+from pipelines.flags import FLAGS, define_data_flags, run
+
+define_data_flags()
+if "output_dir" not in FLAGS:
+    flags.DEFINE_string("output_dir", None, "Directory of the TFRecord set (default: <--tfrecord_dir>/<file stem>).")
+if "overwrite" not in FLAGS:
+    flags.DEFINE_bool("overwrite", False, "Replace --output_dir if it exists and is not empty.")
+
+
+def summary(metadata: dict, output_dir: str) -> str:
+    """Returns a short human-readable summary of a conversion."""
+    counts = metadata["counts"]
+    roles = ", ".join(f"{name} {count}" for name, count in metadata["roles"].items() if count)
+    lines = [
+        f"wrote {output_dir}: {len(metadata['shards'])} shards, {counts['users_kept']} users ({roles}), "
+        f"{counts['interactions']} interactions",
+        f"  read {counts['lines_read']} lines, {counts['users_read']} users; skipped {counts['users_skipped_short']} short users, "
+        f"removed {counts['rating_filtered']} below rating, {counts['duplicates_removed']} duplicates, "
+        f"{counts['kcore_removed_interactions']} by k-core; {counts['oov_interactions']} OOV items",
+        f"  vocab {metadata['vocab_size']} ids ({metadata['vocab_source']}), hash {metadata['vocab_hash'][:12]}",
+    ]
+    if metadata.get("target_vocab_hash"):
+        lines.append(f"  target vocab {metadata['target_vocab_size']} ids, hash {metadata['target_vocab_hash'][:12]}")
+    lines.extend(f"  note: {note}" for note in metadata["notes"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """Reads the flags, converts --data and prints a summary."""
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    vocab = Vocabulary.load(FLAGS.vocab_from) if FLAGS.vocab_from else None
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.tfrecord_dir, source_stem(FLAGS.data, FLAGS.format))
+    metadata = convert(
+        FLAGS.data,
+        FLAGS.format,
+        output_dir,
+        vocab=vocab,
+        num_shards=FLAGS.num_shards,
+        split=FLAGS.split,
+        valid_fraction=FLAGS.valid_fraction,
+        test_fraction=FLAGS.test_fraction,
+        seed=FLAGS.seed,
+        min_seq_len=FLAGS.min_seq_len,
+        k_core=FLAGS.k_core,
+        dedup=FLAGS.dedup,
+        rating_threshold=FLAGS.rating_threshold,
+        overwrite=FLAGS.overwrite,
+    )
+    print(summary(metadata, output_dir))
+
+
+if __name__ == "__main__":
+    run(main)
