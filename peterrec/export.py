@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import peterrec
+import peterrec.registry  # noqa: F401  (registers the classes export configs name)
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ExportError, VocabularyError
 from peterrec.eval.ranking import exclude_reserved
@@ -152,8 +153,8 @@ def export_model(task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra
             "schema_version": SCHEMA_VERSION,
             "kind": kind,
             "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
-            "backbone": keras.saving.serialize_keras_object(task.backbone),
-            "task": keras.saving.serialize_keras_object(task),
+            "backbone": _plain_config(task.backbone),
+            "task": _plain_config(task),
             "vocab_hash": vocab.hash,
             "vocab_size": vocab.size,
             "reserved_ids": RESERVED_IDS,
@@ -173,6 +174,13 @@ def export_model(task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _plain_config(model):
+    """Serialised config without the compile/build state (not part of the contract)."""
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
 
 
 def read_config(export_dir):

@@ -88,11 +88,17 @@ class TrainResult:
     stopped_on_nan: bool
 
 
-def variable_dict(variables):
-    """``{path: tf.Variable}`` with unique, stable keys (the checkpoint contract)."""
+def variable_dict(variables, strip_scope=False):
+    """``{path: tf.Variable}`` with unique, stable keys (the checkpoint contract).
+
+    ``strip_scope`` drops the first path component (an optimizer's name,
+    which Keras numbers per process: ``adam``, ``adam_1``...).
+    """
     out = {}
     for v in variables:
         key = getattr(v, "path", None) or v.name
+        if strip_scope and "/" in key:
+            key = key.split("/", 1)[1]
         if key in out:
             raise ValueError(f"two variables share the path {key!r}: name every layer uniquely")
         out[key] = getattr(v, "value", v)
@@ -103,7 +109,7 @@ def make_checkpoint(model, optimizer=None, **state):
     """A ``tf.train.Checkpoint`` over the model's (and optimizer's) variables by path."""
     parts = {"model": variable_dict(model.weights)}
     if optimizer is not None:
-        parts["optimizer"] = variable_dict(optimizer.variables)
+        parts["optimizer"] = variable_dict(optimizer.variables, strip_scope=True)
     return tf.train.Checkpoint(**parts, **state)
 
 

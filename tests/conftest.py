@@ -1,0 +1,27 @@
+"""Shared fixtures: small generated datasets and quiet TensorFlow logs."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A small synthetic world (800 users, 400 items) with the default data's structure."""
+    from peterrec.data import synthetic
+
+    out = tmp_path_factory.mktemp("small_world")
+    synthetic.generate(str(out), seed=7, n_users=800, n_items=400, n_target_items=100, length_median=30.0)
+    return out
+
+
+@pytest.fixture
+def shared_dir():
+    if not os.path.isdir(SHARED):
+        pytest.skip("../shared is absent")
+    return SHARED
