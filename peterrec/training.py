@@ -279,7 +279,7 @@ class Trainer:
             train_seconds += elapsed
             trained_positions += epoch_positions
             valid = self.evaluate("valid")
-            logs = {"loss": loss, **{f"val_{k}": v for k, v in valid.items()}}
+            logs = {"loss": loss, **{f"val_{k}": v for k, v in valid.items() if k != "users"}}
             logs["positions_per_second"] = epoch_positions / max(elapsed, 1e-9)
             logs["learning_rate"] = float(self.optimizer.learning_rate.numpy())
             improved = valid[cfg.monitor] > float(self.best_value.numpy())
@@ -340,7 +340,7 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
     names = ranking.metric_names(ks)
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
 
-    def replica_step(batch, batch_index):
+    def metric_sums(batch, batch_index):
         scores = ranking.exclude_reserved(scorer.eval_scores(batch))
         targets = batch[LABELS]
         if protocol == "sampled":
@@ -348,8 +348,13 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
         else:
             ranks = ranking.target_ranks(scores, targets)
         values = ranking.rank_metrics(ranks, ks)
-        sums = tf.stack([tf.reduce_sum(values[n]) for n in names])
-        return sums, tf.cast(tf.size(targets), tf.float32)
+        return tf.stack([tf.reduce_sum(values[n]) for n in names])
+
+    def replica_step(batch, batch_index):
+        # The last global batch can leave a replica with no rows; convs reject empty batches.
+        size = tf.size(batch[LABELS])
+        sums = tf.cond(size > 0, lambda: metric_sums(batch, batch_index), lambda: tf.zeros([len(names)]))
+        return sums, tf.cast(size, tf.float32)
 
     @tf.function
     def step(batch, batch_index):

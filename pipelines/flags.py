@@ -50,6 +50,10 @@ def run(main):
     """absl.app.run with user-facing errors printed as one line (exit status 2)."""
 
     def guarded(argv):
+        from absl import logging
+
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress output
         try:
             return main(argv)
         except PeterRecError as err:

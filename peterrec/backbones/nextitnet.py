@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
+import numpy as np
 from keras import ops
 
 from peterrec.features import PAD_ID
 from peterrec.layers.dilated_block import DilatedResidualBlock, conv_initializer
 
 DEFAULT_DILATIONS = (1, 4, 1, 4, 1, 4, 1, 4)
+FINETUNE_MODES = ("peterrec", "fineall", "finelast", "scratch", "frozen")
+PATCH_KEYS = ("patch_mode", "patch_dim", "patch_zero_init")
 
 
 def receptive_field(dilations, kernel_size=3):
@@ -35,6 +40,20 @@ class NextItNetBackbone(keras.Model):
         mask_padding: zero the embeddings and block outputs at ``PAD_ID``
             positions, so padding never changes a real position's output.
             False reproduces the original, where the pad token is an ordinary item.
+        patch_mode: ``None`` (plain NextItNet), ``"serial"`` or ``"parallel"``:
+            add two PeterRec model patches to every block (see
+            :class:`DilatedResidualBlock`; serial starts at, parallel does not
+            start at, the pretrained function).
+        patch_dim: patch bottleneck width; ``embedding_dim // 4`` by default.
+        patch_zero_init: zero-initialise the patches' up-projections, so a
+            serial-patched backbone loaded with :meth:`load_pretrained`
+            computes exactly the pretrained function (ours; the original uses
+            truncated normal sd 0.02, which is only approximately so).
+
+    Finetuning (PeterRec, docs/peterrec.md section 4.3): build the patched
+    backbone, copy the pretrained weights with :meth:`load_pretrained` (every
+    weight but the patches), then choose the trained weights with
+    :meth:`set_finetune_mode` *before* compiling.
 
     Call arguments:
         item_ids: int tensor ``[batch, length]``; padding is ``PAD_ID``
@@ -44,6 +63,14 @@ class NextItNetBackbone(keras.Model):
         >>> backbone = NextItNetBackbone(vocabulary_size=100, embedding_dim=8, dilations=[1, 2])
         >>> backbone(np.array([[5, 6, 7, 0]])).shape
         (1, 4, 8)
+        >>> patched = NextItNetBackbone(vocabulary_size=100, embedding_dim=8, dilations=[1, 2], patch_mode="serial")
+        >>> patched.load_pretrained(backbone)[:2]
+        ['block_0/patch1/down/kernel', 'block_0/patch1/down/bias']
+        >>> patched.set_finetune_mode("peterrec")
+
+    Differences from the original: ``patch_zero_init`` and the finetune modes
+    other than ``"peterrec"`` and ``"fineall"`` are ours; the original selects
+    the trained variables by name (``"mp"`` in the name) instead of by layer.
 
     Reference: Yuan et al., "A Simple Convolutional Generative Network for
     Next Item Recommendation", WSDM 2019; github.com/fajieyuan/nextitnet.
@@ -58,6 +85,9 @@ class NextItNetBackbone(keras.Model):
         causal=True,
         dropout=0.0,
         mask_padding=True,
+        patch_mode=None,
+        patch_dim=None,
+        patch_zero_init=False,
         **kwargs,
     ):
         # === Layers ===
@@ -65,7 +95,17 @@ class NextItNetBackbone(keras.Model):
             vocabulary_size, embedding_dim, embeddings_initializer=conv_initializer(), name="item_embedding"
         )
         blocks = [
-            DilatedResidualBlock(embedding_dim, d, kernel_size, causal=causal, dropout=dropout, name=f"block_{i}")
+            DilatedResidualBlock(
+                embedding_dim,
+                d,
+                kernel_size,
+                causal=causal,
+                dropout=dropout,
+                patch_mode=patch_mode,
+                patch_dim=patch_dim,
+                patch_zero_init=patch_zero_init,
+                name=f"block_{i}",
+            )
             for i, d in enumerate(dilations)
         ]
         input_dropout = keras.layers.Dropout(dropout, name="embedding_dropout") if dropout > 0 else None
@@ -91,6 +131,9 @@ class NextItNetBackbone(keras.Model):
         self.causal = bool(causal)
         self.dropout = float(dropout)
         self.mask_padding = bool(mask_padding)
+        self.patch_mode = patch_mode
+        self.patch_dim = blocks[0].patch_dim if blocks else patch_dim
+        self.patch_zero_init = bool(patch_zero_init)
         self.embedding = embedding
         self.blocks = blocks
 
@@ -109,8 +152,130 @@ class NextItNetBackbone(keras.Model):
             "causal": self.causal,
             "dropout": self.dropout,
             "mask_padding": self.mask_padding,
+            "patch_mode": self.patch_mode,
+            "patch_dim": self.patch_dim,
+            "patch_zero_init": self.patch_zero_init,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    # === Finetuning ===
+    def load_pretrained(self, source):
+        """Copy pretrained weights into this backbone, matching them by weight path.
+
+        Args:
+            source: another backbone or Keras layer (typically an unpatched
+                one, e.g. rebuilt from a pretraining export), a dict
+                ``{path: array}``, or the path of a ``.weights.h5`` file
+                written by ``save_weights`` of an unpatched backbone whose
+                other settings equal this one's (vocabulary, width, dilations,
+                kernel size, causality).
+
+        Every weight of ``source`` must exist here with the same shape, and is
+        copied; this backbone's other weights (the patches) keep their
+        initial values, as in the original (a ``Saver`` over the variables
+        without ``"mp"`` in their names).
+
+        Returns:
+            the list of this backbone's weight paths that were not loaded.
+
+        Raises:
+            ValueError: a shape differs (the message names the path), or some
+                weights of ``source`` have no counterpart here (listed).
+                Nothing is assigned when an error is raised.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            source = self._unpatched_twin_from_file(os.fspath(source))
+        if isinstance(source, dict):
+            values = {str(path): value for path, value in source.items()}
+        elif hasattr(source, "weights"):
+            values = {}
+            for weight in source.weights:
+                if weight.path in values:
+                    raise ValueError(f"load_pretrained: source has two weights with path {weight.path!r}")
+                values[weight.path] = weight
+        else:
+            raise TypeError(f"load_pretrained: source must be a model, a dict or a file path, got {type(source).__name__}")
+
+        own = {weight.path: weight for weight in self.weights}
+        unused = sorted(path for path in values if path not in own)
+        if unused:
+            raise ValueError(
+                f"load_pretrained: {len(unused)} source weight(s) have no counterpart in {self.name!r}: {unused}"
+            )
+        arrays = {}
+        for path, value in values.items():
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+            if tuple(array.shape) != tuple(own[path].shape):
+                raise ValueError(
+                    f"load_pretrained: shape mismatch for {path!r}: source {tuple(array.shape)}, "
+                    f"{self.name!r} expects {tuple(own[path].shape)}"
+                )
+            arrays[path] = array
+        for path, array in arrays.items():
+            own[path].assign(array.astype(own[path].dtype))
+        return [weight.path for weight in self.weights if weight.path not in arrays]
+
+    def _unpatched_twin_from_file(self, filepath):
+        """An unpatched copy of this backbone's architecture holding ``filepath``'s weights."""
+        config = self.get_config()
+        config.update(patch_mode=None, patch_dim=None, patch_zero_init=False)
+        twin = type(self).from_config(config)
+        try:
+            twin.load_weights(filepath)
+        except Exception as error:  # Keras raises several types; say which file and why
+            raise ValueError(
+                f"load_pretrained: could not load {filepath!r} into an unpatched {type(self).__name__} "
+                f"with this backbone's settings: {error}"
+            ) from error
+        return twin
+
+    def set_finetune_mode(self, mode):
+        """Choose which weights training updates (sets the sublayers' ``trainable`` flags).
+
+        Args:
+            mode: one of
+
+                * ``"peterrec"``: only the model patches and every block's
+                  ``ln2`` (gamma and beta) are trained; the item embedding,
+                  the convolutions and ``ln1`` are frozen (original
+                  ``var_list``, docs/peterrec.md section 4.3). Needs
+                  ``patch_mode``.
+                * ``"fineall"``: everything is trained (the "FineAll" baseline).
+                * ``"scratch"``: everything is trained (same flags as
+                  ``"fineall"``; the caller simply loads no pretrained weights).
+                * ``"finelast"``: only the last residual block is trained.
+                * ``"frozen"``: nothing is trained.
+
+        Call it before ``compile`` (Keras reads the flags when it builds the
+        train step). The new task-side weights (target table, head) are not
+        part of the backbone and are unaffected.
+
+        Raises:
+            ValueError: unknown ``mode``, or ``"peterrec"`` on an unpatched backbone.
+        """
+        if mode not in FINETUNE_MODES:
+            raise ValueError(f"Unknown finetune mode {mode!r}; expected one of {list(FINETUNE_MODES)}")
+        if mode == "peterrec" and self.patch_mode is None:
+            raise ValueError("set_finetune_mode('peterrec') needs a patched backbone (patch_mode 'serial' or 'parallel')")
+        self.trainable = True  # recursive: start from everything trainable
+        if mode in ("fineall", "scratch"):
+            return None
+        if mode == "frozen":
+            self.trainable = False
+            return None
+        if mode == "finelast":
+            for layer in self.layers:
+                if layer is not self.blocks[-1] and layer.weights:
+                    layer.trainable = False
+            return None
+        # peterrec
+        for layer in self.layers:
+            if not any(layer is block for block in self.blocks) and layer.weights:
+                layer.trainable = False
+        for block in self.blocks:
+            for layer in (block.conv1, block.ln1, block.conv2):
+                layer.trainable = False
+        return None

@@ -20,6 +20,26 @@ class DilatedResidualBlock(keras.layers.Layer):
     dilation sequence 1, 2, 4, 8). The residual add comes after the second
     ReLU and nothing follows it, exactly as in the original ``ops.py``.
 
+    PeterRec model patches (``patch_mode``, section 4.2 of docs/peterrec.md):
+    two :class:`~peterrec.layers.model_patch.ModelPatch` layers per block,
+    ``MP(x) = x + W_up GELU(W_down x + b_down) + b_up``.
+
+    * ``"serial"`` (``peter_2mp_serial``): each patch follows its conv,
+      ``h = ReLU(LN1(MP1(conv1(x))))``, ``out = x + ReLU(LN2(MP2(conv2(h))))``.
+      Since MP is close to the identity at initialisation (exactly the identity
+      with ``patch_zero_init=True``), the patched block starts (almost) equal to
+      the pretrained one.
+    * ``"parallel"`` (``peter_2mp_parallel``): each patch reads its conv's
+      input and is added to the conv output,
+      ``h = ReLU(LN1(conv1(x) + MP1(x)))``, ``out = x + ReLU(LN2(conv2(h) + MP2(h)))``.
+      Because MP contains the identity, each branch computes
+      ``conv(.) + input + f(input)``: **at initialisation the parallel block is
+      not the pretrained block**, even with ``patch_zero_init=True``. This is
+      the original's design (the author confirmed the identity is intended,
+      PeterRec issue #11) and is kept as is.
+    * ``None``: no patch; the block, its weights and their paths are the plain
+      NextItNet block.
+
     Args:
         channels: width C of the input, convolutions and output.
         dilation: dilation ``d`` of the first conv; the second uses ``2d``.
@@ -27,6 +47,11 @@ class DilatedResidualBlock(keras.layers.Layer):
         causal: left-pad by ``(k-1)d`` (NextItNet) or pad both sides (GRec).
         dropout: dropout rate on the residual branch (0 = the original).
         epsilon: LayerNorm epsilon (1e-8 in the original).
+        patch_mode: ``None``, ``"serial"`` or ``"parallel"``.
+        patch_dim: patch bottleneck width h; defaults to ``channels // 4``
+            (the original's ``C / (4 * cardinality)`` with cardinality 1).
+        patch_zero_init: initialise each patch's up-projection to zeros (ours;
+            the original uses truncated normal sd 0.02).
 
     Call arguments:
         x: float tensor ``[batch, length, channels]``.
@@ -34,24 +59,64 @@ class DilatedResidualBlock(keras.layers.Layer):
             the hidden state between the convs is zeroed there.
         training: enables dropout.
 
-    Sublayers are named ``conv1``, ``ln1``, ``conv2``, ``ln2``: these names are
-    the weight-loading contract (TF1 import, finetuning).
+    Sublayers are named ``conv1``, ``ln1``, ``conv2``, ``ln2`` and, with
+    patches, ``patch1`` and ``patch2`` (weights ``block_i/patch1/down/kernel``
+    and so on): these names are the weight-loading contract (TF1 import,
+    finetuning).
+
+    Differences from the original (patches):
+        * ``patch_zero_init`` is ours.
+        * The original's ``cardinality`` > 1 (summed parallel bottlenecks) and
+          the unused single-patch ``peter_mp_serial`` are not implemented.
+        * In the parallel mode the padding mask (ours, see ``padding_mask``)
+          is applied to ``h`` before both ``conv2`` and ``patch2`` read it.
     """
 
-    def __init__(self, channels, dilation, kernel_size=3, causal=True, dropout=0.0, epsilon=1e-8, **kwargs):
+    PATCH_MODES = (None, "serial", "parallel")
+
+    def __init__(
+        self,
+        channels,
+        dilation,
+        kernel_size=3,
+        causal=True,
+        dropout=0.0,
+        epsilon=1e-8,
+        patch_mode=None,
+        patch_dim=None,
+        patch_zero_init=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if patch_mode not in self.PATCH_MODES:
+            raise ValueError(f"patch_mode must be one of {list(self.PATCH_MODES)}, got {patch_mode!r}")
         self.channels = int(channels)
         self.dilation = int(dilation)
         self.kernel_size = int(kernel_size)
         self.causal = bool(causal)
         self.dropout = float(dropout)
         self.epsilon = float(epsilon)
+        self.patch_mode = patch_mode
+        if patch_mode is None:
+            self.patch_dim = None if patch_dim is None else int(patch_dim)
+        else:
+            self.patch_dim = int(patch_dim) if patch_dim is not None else self.channels // 4
+            if self.patch_dim <= 0:
+                raise ValueError(f"patch_dim must be positive, got {self.patch_dim} (channels {self.channels})")
+        self.patch_zero_init = bool(patch_zero_init)
         padding = "causal" if causal else "same"
         self.conv1 = self._conv(dilation, padding, "conv1")
         self.ln1 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln1")
         self.conv2 = self._conv(2 * dilation, padding, "conv2")
         self.ln2 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln2")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout > 0 else None
+        if patch_mode is None:
+            self.patch1 = self.patch2 = None
+        else:
+            from peterrec.layers.model_patch import ModelPatch  # here: model_patch imports this module
+
+            self.patch1 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, name="patch1")
+            self.patch2 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, name="patch2")
 
     def _conv(self, dilation, padding, name):
         return keras.layers.Conv1D(
@@ -69,13 +134,28 @@ class DilatedResidualBlock(keras.layers.Layer):
         self.ln1.build(input_shape)
         self.conv2.build(input_shape)
         self.ln2.build(input_shape)
+        if self.patch_mode is not None:
+            self.patch1.build(input_shape)
+            self.patch2.build(input_shape)
         super().build(input_shape)
 
     def call(self, x, padding_mask=None, training=None):
-        h = ops.relu(self.ln1(self.conv1(x)))
+        if self.patch_mode == "parallel":
+            h = self.conv1(x) + self.patch1(x)
+        elif self.patch_mode == "serial":
+            h = self.patch1(self.conv1(x))
+        else:
+            h = self.conv1(x)
+        h = ops.relu(self.ln1(h))
         if padding_mask is not None:
             h = h * padding_mask  # a non-causal conv2 must not read the pad positions
-        h = ops.relu(self.ln2(self.conv2(h)))
+        if self.patch_mode == "parallel":
+            h = self.conv2(h) + self.patch2(h)
+        elif self.patch_mode == "serial":
+            h = self.patch2(self.conv2(h))
+        else:
+            h = self.conv2(h)
+        h = ops.relu(self.ln2(h))
         if self.drop is not None:
             h = self.drop(h, training=training)
         return x + h
@@ -92,5 +172,8 @@ class DilatedResidualBlock(keras.layers.Layer):
             causal=self.causal,
             dropout=self.dropout,
             epsilon=self.epsilon,
+            patch_mode=self.patch_mode,
+            patch_dim=self.patch_dim,
+            patch_zero_init=self.patch_zero_init,
         )
         return config

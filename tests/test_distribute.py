@@ -1,0 +1,63 @@
+"""One training loop under several strategies: same loss curve and weights."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from peterrec import distribute
+from peterrec.errors import ConfigError
+
+SCRIPT = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from peterrec import pretraining
+from peterrec.training import Trainer, TrainConfig
+
+data, tmp, name = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = pretraining.PretrainConfig(data=data, tfrecord_dir=tmp + "/tfr", model_dir=tmp + "/" + name, embedding_dim=16,
+                                 dilations=(1, 2), batch_size=32, max_len=20, stride=10, verbose=0, num_shards=4)
+set_dir, metadata, vocab = pretraining.prepare_data(cfg)
+inputs = pretraining.build_inputs(set_dir, metadata, cfg)
+inputs.steps_per_epoch = 6
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else tf.distribute.get_strategy()
+losses = []
+class Record(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        losses.append(logs["loss"])
+keras.utils.set_random_seed(0)
+trainer = Trainer(lambda: pretraining.build_task(cfg, vocab), inputs, cfg.model_dir, TrainConfig(epochs=1, verbose=0, checkpoint_every_steps=0), strategy, [Record()])
+trainer.fit()
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "losses": losses,
+                  "checksum": [float(np.abs(w.numpy()).sum()) for w in trainer.task.weights]}))
+"""
+
+
+def _run(name, data, tmp):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(data), str(tmp), name], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_two_replicas_match_the_default_strategy(small_world, tmp_path):
+    default = _run("default", small_world / "source.inter", tmp_path)
+    mirrored = _run("mirrored", small_world / "source.inter", tmp_path)
+    assert default["replicas"] == 1 and mirrored["replicas"] == 2
+    assert len(default["losses"]) == len(mirrored["losses"]) == 6
+    for a, b in zip(default["losses"], mirrored["losses"]):
+        assert abs(a - b) < 1e-4 * max(1.0, abs(a))
+    for a, b in zip(default["checksum"], mirrored["checksum"]):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+
+
+def test_strategy_errors_name_the_flag():
+    with pytest.raises(ConfigError, match="--strategy"):
+        distribute.get_strategy("horovod")
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        distribute.get_strategy("multiworker", tf_config=None)
