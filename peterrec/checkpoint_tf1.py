@@ -17,11 +17,14 @@ checkpoints; TF2 reads them with ``tf.train.load_checkpoint``. This module
 
 See ``docs/tf1_import.md`` for the id mapping and the variable map.
 
-Example:
-    >>> result = import_checkpoint("Models/model_nextitnet_transfer_pretrain.ckpt",
-    ...                            "Session/history_sequences_..._pretrain_small.csv", "nextitnet")
-    >>> result.task.score_last(ids, lengths)   # logits over peterrec ids
-    >>> result.mapping.logits_to_tf1(logits)   # ... the same in the TF1 column order
+Example (Python; the CLI is ``python -m pipelines.import_tf1``)::
+
+    result = import_checkpoint("Models/model_nextitnet_transfer_pretrain.ckpt",
+                               "Session/history_sequences_20181014_fajie_transfer_pretrain_small.csv",
+                               "nextitnet")
+    ids = result.mapping.encode_tf1_ids(tf1_ids)         # original ids -> peterrec ids
+    logits = result.task.logits(result.task(ids))        # scores over peterrec ids
+    result.mapping.logits_to_tf1(logits)                  # ... in the original's column order
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from peterrec import features
-from peterrec.errors import DataError, PeterRecError, VocabularyError
+from peterrec.errors import ConfigError, DataError, PeterRecError, VocabularyError
 
 TF1_UNK = "<UNK>"
 TF1_UNK_ID = 0
@@ -44,16 +47,6 @@ HEAD_LOGITS = "logits"  # full softmax: 1x1 conv on ReLU(h)
 HEAD_SOFTMAX = "softmax_w"  # sampled softmax: h W^T + b
 EMBEDDING = "allitem_embeddings"
 BLOCK_RE = re.compile(r"^nextitnet_residual_block(?P<type>[a-z]*)_layer_(?P<index>\d+)_(?P<dilation>\d+)/(?P<rest>.+)$")
-BLOCK_PARTS = (
-    "dilated_conv1/weight",
-    "dilated_conv1/bias",
-    "layer_norm1/beta",
-    "layer_norm1/gamma",
-    "dilated_conv2/weight",
-    "dilated_conv2/bias",
-    "layer_norm2/beta",
-    "layer_norm2/gamma",
-)
 # TF1 ``VocabularyProcessor``'s tokenizer (tensorflow/contrib/learn/.../preprocessing/text.py).
 TF1_TOKENIZER_RE = re.compile(r"[A-Z]{2,}(?![a-z])|[A-Z][a-z]+(?=[A-Z])|[\'\w\-]+", re.UNICODE)
 _SLOT_RE = re.compile(r"(^|/)(Adam|Momentum|RMSProp|Adagrad|AdagradDA|Adadelta|Ftrl|ProximalAdagrad)\d*(_\d+)?$")
@@ -526,8 +519,6 @@ class ImportResult:
 
 def check_backbone(backbone):
     if backbone not in BACKBONES:
-        from peterrec.errors import ConfigError
-
         raise ConfigError(f"--backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
 
 

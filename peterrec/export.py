@@ -43,6 +43,7 @@ from peterrec.features import NUM_RESERVED, OOV_ID, PAD_ID, RESERVED_IDS, RESERV
 SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
+TARGET_VOCAB_FILE = "target_vocab.json"
 BACKBONE_WEIGHTS = "backbone.weights.h5"
 TASK_WEIGHTS = "task.weights.h5"
 METRICS_FILE = "metrics.json"
@@ -89,17 +90,19 @@ def latest_export(path):
 class ServingModule(tf.Module):
     """Raw item-id strings in, top-k item-id strings and scores out."""
 
-    def __init__(self, task, vocab: Vocabulary, max_len, top_k):
+    def __init__(self, task, vocab: Vocabulary, max_len, top_k, output_vocab: Vocabulary | None = None):
         super().__init__()
         self.task = task
-        self.max_len = int(max_len)
-        self.top_k = int(min(top_k, vocab.size - NUM_RESERVED))
+        output_vocab = output_vocab or vocab
+        # Finetuning tasks add separator tokens around the source items.
+        self.max_len = int(max_len) - int(getattr(task, "context_slots", 0))
+        self.top_k = int(min(top_k, output_vocab.size - NUM_RESERVED))
         keys = [SERVING_PAD, *vocab.tokens]
         values = [PAD_ID, *range(NUM_RESERVED, vocab.size)]
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values, tf.int64)), default_value=OOV_ID
         )
-        self.id_to_token = tf.constant(list(RESERVED_TOKENS) + list(vocab.tokens))
+        self.id_to_token = tf.constant(list(RESERVED_TOKENS) + list(output_vocab.tokens))
 
     def encode(self, item_ids):
         """Strings ``[B, T]`` -> right-aligned int ids ``[B, L]`` and lengths ``[B]``."""
@@ -117,7 +120,7 @@ class ServingModule(tf.Module):
 
     def _top_k(self, item_ids, exclude_seen):
         ids, lengths = self.encode(item_ids)
-        scores = exclude_reserved(self.task.score_last(ids, lengths))
+        scores = exclude_reserved(self.task.serve_scores(ids, lengths))
         if exclude_seen:
             seen = tf.reduce_max(tf.one_hot(ids, tf.shape(scores)[1], dtype=tf.float32), axis=1) > 0
             scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0e38), scores)
@@ -133,19 +136,27 @@ class ServingModule(tf.Module):
         return self._top_k(item_ids, exclude_seen=True)
 
 
-def export_model(task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain"):
-    """Write a new numbered export version under ``<model_dir>/export``; returns its path."""
+def export_model(
+    task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain", output_vocab=None
+):
+    """Write a new numbered export version under ``<model_dir>/export``; returns its path.
+
+    ``output_vocab`` (finetuning): the vocabulary of what the task scores
+    (target items or classes), saved as ``target_vocab.json``; the serving
+    signature then returns its tokens and has no ``top_k_exclude_seen``.
+    """
     export_root = os.path.join(model_dir, EXPORT_DIR)
     os.makedirs(export_root, exist_ok=True)
     version = (versions(export_root) or [0])[-1] + 1
     tmp = tempfile.mkdtemp(dir=export_root, prefix=f".tmp-{version}-")
     try:
-        module = ServingModule(task, vocab, max_len, top_k)
-        tf.saved_model.save(
-            module,
-            tmp,
-            signatures={"serving_default": module.serve, "top_k_exclude_seen": module.serve_exclude_seen},
-        )
+        module = ServingModule(task, vocab, max_len, top_k, output_vocab)
+        signatures = {"serving_default": module.serve}
+        if output_vocab is None:
+            signatures["top_k_exclude_seen"] = module.serve_exclude_seen
+        else:
+            output_vocab.save(os.path.join(tmp, TARGET_VOCAB_FILE))
+        tf.saved_model.save(module, tmp, signatures=signatures)
         task.backbone.save_weights(os.path.join(tmp, BACKBONE_WEIGHTS))
         task.save_weights(os.path.join(tmp, TASK_WEIGHTS))
         vocab.save(os.path.join(tmp, VOCAB_FILE))
@@ -160,7 +171,7 @@ def export_model(task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra
             "reserved_ids": RESERVED_IDS,
             "max_len": int(max_len),
             "serving": {
-                "signatures": ["serving_default", "top_k_exclude_seen"],
+                "signatures": sorted(signatures),
                 "input": "item_ids: string [batch, length]; '' is padding, on either side",
                 "top_k": module.top_k,
             },
@@ -214,12 +225,16 @@ class LoadedExport:
         self.task.load_weights(os.path.join(self.path, TASK_WEIGHTS))
         self.backbone = self.task.backbone
         self.max_len = int(self.config["max_len"])
-        self._module = ServingModule(self.task, self.vocab, self.max_len, self.config["serving"]["top_k"])
+        target_path = os.path.join(self.path, TARGET_VOCAB_FILE)
+        self.target_vocab = Vocabulary.load(target_path) if os.path.exists(target_path) else None
+        self._module = ServingModule(self.task, self.vocab, self.max_len, self.config["serving"]["top_k"], self.target_vocab)
 
     def recommend(self, sequences, top_k=10, exclude_seen=False):
         """Top-k ``(item, score)`` lists for raw item-id sequences (lists of strings)."""
         width = max(1, max((len(s) for s in sequences), default=1))
         rows = [list(map(str, s)) + [SERVING_PAD] * (width - len(s)) for s in sequences]
+        if exclude_seen and self.target_vocab is not None:
+            raise ExportError(f"{self.path}: exclude_seen applies to next-item exports, not to finetuned target scorers")
         fn = self._module.serve_exclude_seen if exclude_seen else self._module.serve
         out = fn(tf.constant(rows, dtype=tf.string))
         ids = out["top_k_ids"].numpy()[:, :top_k]

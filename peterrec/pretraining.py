@@ -1,5 +1,16 @@
 """Pretraining jobs: data -> backbone + task -> the one training loop -> export.
 
+Two backbones (``PretrainConfig.backbone``):
+
+* ``"nextitnet"``: causal NextItNet, next-item objective at every position
+  (:class:`NextItemTask` on :func:`dataset.train_dataset` windows);
+* ``"grec"``: the GRec encoder (``NextItNetBackbone(causal=False)``), masked-item
+  ("cloze") objective (:class:`MaskedItemTask` on
+  :func:`dataset.cloze_train_dataset` chunks, ``mask_prob`` /
+  ``max_predictions``), evaluated and served with the "end mask". The
+  original GRec uses sampled softmax; peterrec keeps the config's ``loss``
+  (full softmax by default) and ``loss="sampled_softmax"`` reproduces it.
+
 ``run(PretrainConfig(...))`` is what ``python -m pipelines.pretrain`` (and
 ``pipelines.train --model nextitnet``) calls. It writes into ``model_dir``:
 
@@ -29,10 +40,13 @@ from peterrec.backbones.nextitnet import DEFAULT_DILATIONS, NextItNetBackbone
 from peterrec.data import convert, dataset, tfrecord
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
+from peterrec.tasks.masked_item import MaskedItemTask
 from peterrec.tasks.next_item import LOSSES, NextItemTask
 from peterrec.training import PopularityScorer, TrainConfig, Trainer, TrainInputs
 
-BACKBONES = ("nextitnet",)
+BACKBONES = ("nextitnet", "grec")
+# Fields only the GRec encoder uses: left out of other backbones' job_config.json (so their old runs still resume).
+GREC_FIELDS = ("mask_prob", "max_predictions")
 JOB_CONFIG = "job_config.json"
 # Fields that may change between a run and its resumption without invalidating checkpoints.
 RESUMABLE_FIELDS = {"epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size"}
@@ -63,6 +77,9 @@ class PretrainConfig:
     loss: str = "full_softmax"
     sampled_fraction: float = 0.2
     pad_as_item: bool = False
+    # GRec encoder (backbone "grec") masking: share of each chunk's items masked, at most max_predictions
+    mask_prob: float = 0.3
+    max_predictions: int = 30
     # training
     epochs: int = 10
     batch_size: int = 64
@@ -100,6 +117,10 @@ class PretrainConfig:
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.eval_protocol in ("full", "sampled"), "eval_protocol", f"{self.eval_protocol!r} is not full or sampled")
+        if self.backbone == "grec":
+            check(0.0 < self.mask_prob <= 1.0, "mask_prob", f"must be in (0, 1], got {self.mask_prob}")
+            check(self.max_predictions >= 1, "max_predictions", f"must be >= 1, got {self.max_predictions}")
+            check(not self.pad_as_item, "pad_as_item", "is not supported with --backbone grec (cloze chunks are right-padded)")
         losses.check_jit_compatible(self.loss, self.jit_compile)
 
 
@@ -150,6 +171,8 @@ def _check_job_config(model_dir, record):
 
 
 def build_inputs(set_dir, metadata, cfg):
+    if cfg.backbone == "grec":
+        return _build_cloze_inputs(set_dir, metadata, cfg)
     steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size)
 
     def train_fn(epoch, skip_steps, ctx):
@@ -172,17 +195,46 @@ def build_inputs(set_dir, metadata, cfg):
     return TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=dataset.num_train_targets(metadata))
 
 
+def _build_cloze_inputs(set_dir, metadata, cfg):
+    """GRec encoder: masked chunks for training, the same evaluation views (scored with the end mask)."""
+    vocabulary_size = int(metadata["vocab_size"])
+    steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
+
+    def train_fn(epoch, skip_steps, ctx):
+        return dataset.cloze_train_dataset(
+            set_dir,
+            max_len=cfg.max_len,
+            batch_size=cfg.batch_size,
+            steps=steps,
+            seed=cfg.seed,
+            epoch=epoch,
+            skip_steps=skip_steps,
+            vocabulary_size=vocabulary_size,
+            mask_prob=cfg.mask_prob,
+            max_predictions=cfg.max_predictions,
+            input_context=ctx,
+        )
+
+    def eval_fn(split, ctx):
+        return dataset.eval_dataset(set_dir, split, max_len=cfg.max_len, batch_size=cfg.eval_batch_size, input_context=ctx)
+
+    targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
+    return TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=targets)
+
+
 def build_task(cfg, vocab):
+    grec = cfg.backbone == "grec"
     backbone = NextItNetBackbone(
         vocabulary_size=vocab.size,
         embedding_dim=cfg.embedding_dim,
         dilations=list(cfg.dilations),
         kernel_size=cfg.kernel_size,
-        causal=True,
+        causal=not grec,
         dropout=cfg.dropout,
         mask_padding=not cfg.pad_as_item,
     )
-    return NextItemTask(backbone, loss=cfg.loss, item_counts=vocab.counts, sampled_fraction=cfg.sampled_fraction)
+    task_class = MaskedItemTask if grec else NextItemTask
+    return task_class(backbone, loss=cfg.loss, item_counts=vocab.counts, sampled_fraction=cfg.sampled_fraction)
 
 
 def count_params(weights):
@@ -197,6 +249,9 @@ def run(cfg: PretrainConfig):
     set_dir, metadata, vocab = prepare_data(cfg)
     record = dataclasses.asdict(cfg) | {"data_vocab_hash": vocab.hash, "data_set": os.path.basename(set_dir)}
     record["dilations"] = list(cfg.dilations)
+    if cfg.backbone != "grec":
+        for key in GREC_FIELDS:
+            record.pop(key)
     os.makedirs(model_dir, exist_ok=True)
     _check_job_config(model_dir, record)
 
@@ -258,8 +313,8 @@ def run(cfg: PretrainConfig):
     return metrics
 
 
-def plot_history(history, path):
-    """Loss and validation MRR@10 per epoch as a PNG (skipped without matplotlib rows)."""
+def plot_history(history, path, monitor="mrr@10"):
+    """Training loss and validation metrics per epoch as a PNG."""
     if not history:
         return
     import matplotlib
@@ -271,7 +326,8 @@ def plot_history(history, path):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.plot(epochs, [row["loss"] for row in history], marker="o")
     ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for key in ("val_mrr@10", "val_hr@10"):
+    keys = [f"val_{monitor}"] + [k for k in ("val_hr@10",) if k != f"val_{monitor}" and k in history[0]]
+    for key in keys:
         ax2.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key[4:])
     ax2.set(xlabel="epoch", title="validation")
     ax2.legend()

@@ -162,6 +162,8 @@ class Trainer:
                 if task.losses:
                     loss += tf.add_n(task.losses) / num_replicas
             grads = tape.gradient(loss, task.trainable_variables)
+            if hasattr(task, "transform_gradients"):
+                grads = task.transform_gradients(grads, task.trainable_variables)
             return loss_sum, grads
 
         compute = tf.function(grads_of, jit_compile=True) if use_jit else grads_of

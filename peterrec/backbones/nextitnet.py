@@ -260,22 +260,33 @@ class NextItNetBackbone(keras.Model):
             raise ValueError(f"Unknown finetune mode {mode!r}; expected one of {list(FINETUNE_MODES)}")
         if mode == "peterrec" and self.patch_mode is None:
             raise ValueError("set_finetune_mode('peterrec') needs a patched backbone (patch_mode 'serial' or 'parallel')")
-        self.trainable = True  # recursive: start from everything trainable
+        _set_trainable(self, True)  # start from everything trainable
         if mode in ("fineall", "scratch"):
             return None
         if mode == "frozen":
-            self.trainable = False
+            _set_trainable(self, False)
             return None
         if mode == "finelast":
             for layer in self.layers:
-                if layer is not self.blocks[-1] and layer.weights:
-                    layer.trainable = False
+                if layer is not self.blocks[-1]:
+                    _set_trainable(layer, False)
             return None
         # peterrec
         for layer in self.layers:
-            if not any(layer is block for block in self.blocks) and layer.weights:
-                layer.trainable = False
+            if not any(layer is block for block in self.blocks):
+                _set_trainable(layer, False)
         for block in self.blocks:
             for layer in (block.conv1, block.ln1, block.conv2):
-                layer.trainable = False
+                _set_trainable(layer, False)
         return None
+
+
+def _set_trainable(layer, value):
+    """``layer.trainable = value`` on ``layer`` and every layer nested in it.
+
+    Setting the flag on the top layer alone is not enough: on the TensorFlow
+    backend ``layer.trainable = value`` returns early when the layer's own flag
+    already equals ``value``, leaving differently-flagged sublayers unchanged.
+    """
+    for sublayer in layer._flatten_layers(include_self=True, recursive=True):
+        sublayer.trainable = value

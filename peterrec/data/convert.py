@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from peterrec import __version__, features
-from peterrec.data.readers import FORMATS, UserSequence, detect_format, read_sequences
+from peterrec.data.readers import FORMATS, UserSequence, detect_format, read_sequences, read_user_targets
 from peterrec.data.tfrecord import check_output_dir, load_metadata, write_tfrecord_set
 from peterrec.data.vocab import VOCAB_FILENAME, Vocabulary
 from peterrec.errors import ConfigError, DataError, VocabularyError
@@ -58,6 +58,7 @@ def convert(
     dedup: bool = False,
     rating_threshold: float | None = None,
     target_vocab: Vocabulary | None = None,
+    targets: str | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Converts an interaction file into a TFRecord set.
@@ -83,6 +84,11 @@ def convert(
         rating_threshold: Keep interactions with rating >= this.
         target_vocab: Encode finetuning targets with this vocabulary instead
             of building one.
+        targets: A RecBole file of per-user finetuning targets (``user_id`` +
+            ``item_id`` or ``label``, see ``readers.read_user_targets``); each
+            user's targets are stored with their source sequence. Users of
+            this file without a source sequence are counted
+            (``target_users_without_source``).
         overwrite: Replace an existing non-empty ``output_dir``.
 
     Returns:
@@ -97,6 +103,8 @@ def convert(
     check_output_dir(output_dir, overwrite)
     sequences, read_stats = read_sequences(data, fmt, rating_threshold=rating_threshold)
     counts = _initial_counts(read_stats)
+    if targets is not None:
+        _attach_targets(sequences, read_stats, read_user_targets(targets), counts)
     sequences = _dedup(sequences, counts) if dedup else sequences
     sequences = _k_core(sequences, k_core, counts)
     sequences = _drop_short(sequences, min_length, counts)
@@ -104,17 +112,20 @@ def convert(
         raise DataError(f"{data}: no user has {min_length} or more interactions after the filters (counts: {counts})")
     roles = _assign_roles(len(sequences), split, valid_fraction, test_fraction, seed, data)
     item_vocab = vocab or _build_vocab([seq.items for seq in sequences], roles)
-    targets = _target_vocab(sequences, roles, target_vocab, read_stats, data)
-    records = _encode(sequences, roles, item_vocab, targets, counts)
+    target_vocab_ = _target_vocab(sequences, roles, target_vocab, read_stats, data)
+    records = _encode(sequences, roles, item_vocab, target_vocab_, counts)
     filters = {"rating_threshold": rating_threshold, "dedup": dedup, "k_core": k_core, "min_seq_len": min_length,
                "min_seq_len_requested": min_seq_len}
     split_options = {"mode": split, "seed": seed, "valid_fraction": valid_fraction, "test_fraction": test_fraction}
     metadata = _metadata(data, read_stats, item_vocab, vocab is not None, filters, counts, split_options, sequences, roles)
     metadata["notes"] = notes
     assets = {VOCAB_FILENAME: item_vocab.save}
-    if targets is not None:
-        metadata.update(target_vocab_size=targets.size, target_vocab_hash=targets.hash)
-        assets[TARGET_VOCAB_FILENAME] = targets.save
+    if target_vocab_ is not None:
+        metadata.update(target_vocab_size=target_vocab_.size, target_vocab_hash=target_vocab_.hash)
+        metadata["target_pairs"] = {
+            name: sum(len(r["targets"]) for r in records if r["role"] == role) for role, name in features.ROLE_NAMES.items()
+        }
+        assets[TARGET_VOCAB_FILENAME] = target_vocab_.save
     written = write_tfrecord_set(records, output_dir, num_shards, metadata, overwrite=overwrite, assets=assets)
     _log.info("converted %s -> %s: %s", data, output_dir, json.dumps(counts))
     return written
@@ -192,6 +203,16 @@ def _initial_counts(read_stats: dict) -> dict:
         "target_interactions": 0,
         "target_oov_interactions": 0,
     }
+
+
+def _attach_targets(sequences: list[UserSequence], read_stats: dict, target_map: dict, counts: dict) -> None:
+    """Stores each user's targets from a separate targets file on their sequence."""
+    users = set()
+    for sequence in sequences:
+        sequence.targets = target_map.get(sequence.user, [])
+        users.add(sequence.user)
+    counts["target_users_without_source"] = sum(1 for user in target_map if user not in users)
+    read_stats["has_targets"] = True
 
 
 def _select(sequence: UserSequence, keep: Sequence[int]) -> UserSequence:
@@ -414,6 +435,8 @@ def _cache_key(data: str, fmt: str, options: dict, convert_kwargs: dict) -> str:
     """Returns 12 hex of SHA-256(file bytes + options JSON + vocabulary hashes)."""
     vocab_hashes = [convert_kwargs[name].hash if convert_kwargs.get(name) is not None else "" for name in ("vocab", "target_vocab")]
     extra = json.dumps(options, sort_keys=True).encode("utf-8") + "".join(vocab_hashes).encode("ascii")
+    if options.get("targets"):
+        extra += file_sha256(options["targets"]).encode("ascii")
     if fmt == "tfds":
         return hashlib.sha256(data.encode("utf-8") + extra).hexdigest()[:12]
     return file_sha256(data, extra)[:12]

@@ -228,11 +228,48 @@ def _check_token(token: str, what: str, where: str) -> str:
     return token
 
 
-def _parse_inter_header(where: str, header: str) -> dict[str, int]:
+def read_user_targets(path: str) -> dict[str, list[str]]:
+    """Reads per-user target tokens from a RecBole file (finetuning targets).
+
+    The file has a ``user_id`` column and either ``item_id`` (target-domain
+    items, e.g. ``Data/synthetic/target.inter``) or ``label`` (a user-profile
+    class, e.g. ``Data/synthetic/profile.inter``); rows are sorted stably by
+    ``timestamp`` when that column exists.
+
+    Returns:
+        ``{user: [target tokens]}`` in order of first appearance.
+
+    Raises:
+        DataError: missing file, no usable columns, malformed lines (file:line).
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    lines = _iter_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise DataError(f"{path}: empty file (expected a RecBole header line and targets)")
+    header_line, header = first
+    value_name = _INTER_ITEM if _INTER_ITEM in [f.split(":", 1)[0].strip() for f in header.split("\t")] else "label"
+    columns = _parse_inter_header(f"{path}:{header_line}", header, required=(_INTER_USER, value_name))
+    user_col, value_col, time_col = columns[_INTER_USER], columns[value_name], columns.get(_INTER_TIMESTAMP)
+    rows: dict[str, list[tuple[float, str]]] = {}
+    for number, text in lines:
+        where = f"{path}:{number}"
+        fields = text.split("\t")
+        if len(fields) != len(columns):
+            raise DataError(f"{where}: expected {len(columns)} tab-separated columns as in the header, got {len(fields)}")
+        when = 0.0 if time_col is None else _parse_number(fields[time_col], _INTER_TIMESTAMP, where)
+        rows.setdefault(_check_token(fields[user_col], "user_id", where), []).append((when, _check_token(fields[value_col], value_name, where)))
+    if not rows:
+        raise DataError(f"{path}: header only, no targets")
+    return {user: [token for _, token in sorted(entries, key=lambda e: e[0])] for user, entries in rows.items()}
+
+
+def _parse_inter_header(where: str, header: str, required: tuple = (_INTER_USER, _INTER_ITEM)) -> dict[str, int]:
     """Maps the column names of a RecBole header to their positions.
 
     Raises:
-        DataError: Duplicate names, or ``user_id``/``item_id`` missing.
+        DataError: Duplicate names, or a ``required`` column missing.
     """
     names = [field.split(":", 1)[0].strip() for field in header.split("\t")]
     columns: dict[str, int] = {}
@@ -240,7 +277,7 @@ def _parse_inter_header(where: str, header: str) -> dict[str, int]:
         if name in columns:
             raise DataError(f"{where}: duplicate column {name!r} in header {header!r}")
         columns[name] = position
-    missing = [name for name in (_INTER_USER, _INTER_ITEM) if name not in columns]
+    missing = [name for name in required if name not in columns]
     if missing:
         raise DataError(
             f"{where}: header {header!r} lacks the column(s) {', '.join(missing)} "

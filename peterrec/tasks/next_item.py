@@ -98,6 +98,10 @@ class NextItemTask(keras.Model):
     def eval_scores(self, batch):
         return self.score_last(batch[ITEM_IDS], batch[LENGTHS])
 
+    def serve_scores(self, item_ids, lengths):
+        """Scores the serving signature ranks (see peterrec.export)."""
+        return self.score_last(item_ids, lengths)
+
     def get_config(self):
         return {
             "name": self.name,

@@ -1,0 +1,320 @@
+"""PeterRec finetuning jobs: pretrained export -> patched backbone -> target task -> export + patch.
+
+``run(FinetuneConfig(...))`` is what ``python -m pipelines.finetune`` calls.
+It rebuilds the backbone from a pretraining export (``config.json`` +
+``backbone.weights.h5``) with model patches as constructor settings, freezes
+what the finetuning mode says, adds a new target table and trains through the
+one training loop. Outputs in ``model_dir``
+(default ``checkpoints/finetune-<backbone>-<insertion>-<mode>-<task>``):
+``export/<version>/`` (serving SavedModel: raw source ids -> top-k target ids,
+or class probabilities), ``patch/<version>/`` (only the trained variables, see
+:mod:`peterrec.patches`), ``logs/``, ``ckpt/``, ``metrics.json``, ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import peterrec
+from peterrec import distribute, export, patches
+from peterrec.backbones.nextitnet import NextItNetBackbone
+from peterrec.data import convert, finetune_dataset
+from peterrec.data.vocab import Vocabulary
+from peterrec.errors import ConfigError, DataError, ExportError
+from peterrec.features import LABELS, NUM_RESERVED
+from peterrec.pretraining import JOB_CONFIG, _check_job_config, count_params, plot_history
+from peterrec.tasks.transfer import LOSSES, SAMPLERS, TASK_TYPES, TransferTask
+from peterrec.training import TrainConfig, Trainer, TrainInputs
+
+MODES = ("peterrec", "fineall", "finelast", "finecls", "scratch")
+INSERTIONS = ("serial", "parallel")
+DEFAULT_TARGETS = {"items": "Data/synthetic/target.inter", "classify": "Data/synthetic/profile.inter"}
+BACKBONE_MODE = {"peterrec": "peterrec", "fineall": "fineall", "finelast": "finelast", "finecls": "frozen", "scratch": "fineall"}
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    pretrained: str = "checkpoints/pretrain-nextitnet/export"
+    data: str = "Data/synthetic/source.inter"
+    targets: str | None = None  # default: DEFAULT_TARGETS[task] when data is the embedded default
+    format: str = "auto"
+    tfrecord_dir: str = "tfrecords"
+    model_dir: str | None = None
+    task: str = "items"
+    insertion: str = "serial"
+    finetune_mode: str = "peterrec"
+    patch_dim: int | None = None
+    patch_zero_init: bool = False
+    loss: str = "bce"
+    sampler: str = "uniform"
+    rho: float = 0.3
+    l2: float = 0.01
+    eval_protocol: str | None = None  # items: sampled (the paper's); classify: full over classes
+    num_negatives: int = 99
+    epochs: int = 20
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    learning_rate: float = 1e-3
+    patience: int = 3
+    seed: int = 42
+    max_len: int | None = None  # default: the export's max_len
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    num_shards: int = 8
+    max_oov_share: float = 0.5
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 500
+    strategy: str = "auto"
+    tpu: str | None = None
+    tf_config: str | None = None
+    top_k: int = 50
+    verbose: int = 2
+
+    def validate(self):
+        def check(ok, flag, message):
+            if not ok:
+                raise ConfigError(f"--{flag}: {message}")
+
+        check(self.task in TASK_TYPES, "task", f"{self.task!r} is not one of {', '.join(TASK_TYPES)}")
+        check(self.insertion in INSERTIONS, "insertion", f"{self.insertion!r} is not one of {', '.join(INSERTIONS)}")
+        check(self.finetune_mode in MODES, "finetune_mode", f"{self.finetune_mode!r} is not one of {', '.join(MODES)}")
+        check(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)} for finetuning")
+        check(self.sampler in SAMPLERS, "sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        check(self.eval_protocol in (None, "sampled", "full"), "eval_protocol", f"{self.eval_protocol!r} is not sampled or full")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(0.0 <= self.max_oov_share <= 1.0, "max_oov_share", f"must be in [0, 1], got {self.max_oov_share}")
+        check(self.max_len is None or self.max_len >= 3, "max_len", f"must be >= 3, got {self.max_len}")
+        check(self.rho > 0, "rho", f"must be > 0, got {self.rho}")
+
+    def resolved_targets(self):
+        if self.targets is not None:
+            return self.targets
+        if self.data == FinetuneConfig.data:
+            return DEFAULT_TARGETS[self.task]
+        return None  # the targets are in the data file (PeterRec ",," CSV)
+
+    def resolved_protocol(self):
+        return self.eval_protocol or ("full" if self.task == "classify" else "sampled")
+
+
+def load_backbone_export(path):
+    """``(export_dir, config, vocab)`` of a pretraining export, with clear errors."""
+    export_dir = export.latest_export(path)
+    config = export.read_config(export_dir)
+    if "backbone" not in config or not os.path.exists(os.path.join(export_dir, export.BACKBONE_WEIGHTS)):
+        raise ExportError(f"--pretrained {path}: {export_dir} has no backbone to finetune (config kind {config.get('kind')!r})")
+    if config.get("kind") == "finetune":
+        raise ExportError(f"--pretrained {path}: {export_dir} is a finetuned model; pass the pretraining export instead")
+    vocab = Vocabulary.load(os.path.join(export_dir, export.VOCAB_FILE))
+    if vocab.hash != config["vocab_hash"]:
+        raise ExportError(f"{export_dir}: vocab.json does not match config.json's vocab_hash")
+    return export_dir, config, vocab
+
+
+def build_backbone(backbone_config, cfg, weights_path):
+    """The pretrained backbone rebuilt with this job's patches and freezing."""
+    config = dict(backbone_config["config"])
+    config.pop("name", None)
+    peterrec_mode = cfg.finetune_mode == "peterrec"
+    config.update(
+        patch_mode=cfg.insertion if peterrec_mode else None,
+        patch_dim=cfg.patch_dim if peterrec_mode else None,
+        patch_zero_init=cfg.patch_zero_init if peterrec_mode else False,
+    )
+    backbone = NextItNetBackbone(**config)
+    if cfg.finetune_mode != "scratch":
+        backbone.load_pretrained(weights_path)
+    backbone.set_finetune_mode(BACKBONE_MODE[cfg.finetune_mode])
+    if cfg.finetune_mode == "finecls":
+        backbone.embedding.trainable = True  # the task keeps only the SEP row's gradient
+    return backbone
+
+
+def prepare_data(cfg, vocab):
+    targets = cfg.resolved_targets()
+    set_dir = convert.resolve_data(
+        cfg.data,
+        cfg.format,
+        cfg.tfrecord_dir,
+        vocab=vocab,
+        num_shards=cfg.num_shards,
+        split="random",
+        valid_fraction=cfg.valid_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        min_seq_len=1,
+        targets=targets,
+    )
+    metadata = finetune_dataset.set_metadata(set_dir)
+    where = targets or cfg.data
+    if "target_pairs" not in metadata:
+        raise DataError(f"{cfg.data}: no finetuning targets (give --targets, or a PeterRec 'source,,targets' CSV)")
+    counts = metadata["counts"]
+    oov_share = counts["oov_interactions"] / max(counts["interactions"], 1)
+    if oov_share > cfg.max_oov_share:
+        raise DataError(
+            f"{cfg.data}: {oov_share:.1%} of the source items are unknown to the pretrained vocabulary "
+            f"(more than --max_oov_share {cfg.max_oov_share:.0%}); was the backbone pretrained on this domain?"
+        )
+    target_vocab = Vocabulary.load(os.path.join(set_dir, convert.TARGET_VOCAB_FILENAME))
+    real_targets = target_vocab.size - NUM_RESERVED
+    if cfg.task == "classify" and real_targets < 2:
+        raise DataError(f"{where}: --task classify needs at least 2 classes, found {real_targets}")
+    if real_targets < 2:
+        raise DataError(f"{where}: needs at least 2 distinct targets, found {real_targets}")
+    for split in ("train", "valid", "test"):
+        if finetune_dataset.num_pairs(metadata, split) == 0:
+            raise DataError(f"{where}: no (user, target) pairs in the {split} split; check --valid_fraction/--test_fraction")
+    return set_dir, metadata, target_vocab, oov_share
+
+
+def default_model_dir(cfg, backbone_name):
+    return os.path.join("checkpoints", f"finetune-{backbone_name}-{cfg.insertion}-{cfg.finetune_mode}-{cfg.task}")
+
+
+def macro_f1(task, dataset):
+    """Accuracy and macro-F1 of argmax predictions over the real classes."""
+    truth, pred = [], []
+    for batch in dataset:
+        scores = task.eval_scores(batch).numpy()
+        scores[:, :NUM_RESERVED] = -np.inf
+        pred.append(scores.argmax(axis=1))
+        truth.append(batch[LABELS].numpy())
+    truth, pred = np.concatenate(truth), np.concatenate(pred)
+    f1s = []
+    for c in np.unique(truth):
+        tp = np.sum((pred == c) & (truth == c))
+        precision = tp / max(np.sum(pred == c), 1)
+        recall = tp / max(np.sum(truth == c), 1)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"accuracy": float(np.mean(truth == pred)), "macro_f1": float(np.mean(f1s))}
+
+
+def run(cfg: FinetuneConfig):
+    """Finetune, evaluate, export the serving model and the patch; returns metrics."""
+    cfg.validate()
+    keras.utils.set_random_seed(cfg.seed)
+    export_dir, pre_config, vocab = load_backbone_export(cfg.pretrained)
+    backbone_name = pre_config.get("backbone_name") or ("nextitnet" if pre_config["backbone"]["config"].get("causal", True) else "grec")
+    max_len = cfg.max_len or int(pre_config["max_len"]) + 1
+    model_dir = cfg.model_dir or default_model_dir(cfg, backbone_name)
+    set_dir, metadata, target_vocab, oov_share = prepare_data(cfg, vocab)
+    weights_path = os.path.join(export_dir, export.BACKBONE_WEIGHTS)
+    record = dataclasses.asdict(cfg) | {
+        "pretrained_export": os.path.abspath(export_dir),
+        "backbone_sha256": patches.backbone_reference(export_dir),
+        "data_set": os.path.basename(set_dir),
+        "max_len": max_len,
+    }
+    os.makedirs(model_dir, exist_ok=True)
+    _check_job_config(model_dir, record)
+
+    def task_fn():
+        backbone = build_backbone(pre_config["backbone"], cfg, weights_path)
+        return TransferTask(
+            backbone,
+            num_targets=target_vocab.size,
+            task_type=cfg.task,
+            loss=cfg.loss,
+            sampler=cfg.sampler,
+            rho=cfg.rho,
+            l2=cfg.l2,
+            target_counts=target_vocab.counts,
+            finetune_mode=cfg.finetune_mode,
+        )
+
+    causal = pre_config["backbone"]["config"].get("causal", True)
+    context_len = max_len - (1 if causal else 2)
+    steps = finetune_dataset.steps_per_epoch(metadata, cfg.batch_size)
+    inputs = TrainInputs(
+        train=lambda epoch, skip, ctx: finetune_dataset.train_pairs(
+            set_dir, context_len=context_len, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch, skip_steps=skip, input_context=ctx
+        ),
+        evaluate=lambda split, ctx: finetune_dataset.eval_pairs(set_dir, split, context_len=context_len, batch_size=cfg.eval_batch_size, input_context=ctx),
+        steps_per_epoch=steps,
+        targets_per_epoch=finetune_dataset.num_pairs(metadata, "train"),
+    )
+    classify = cfg.task == "classify"
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        patience=cfg.patience,
+        monitor="hr@1" if classify else "mrr@5",
+        jit_compile=cfg.jit_compile,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        eval_protocol=cfg.resolved_protocol(),
+        num_negatives=cfg.num_negatives,
+        ks=(1,) if classify else (5, 10),
+        seed=cfg.seed,
+        verbose=cfg.verbose,
+    )
+    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
+    trainer = Trainer(task_fn, inputs, model_dir, train_cfg, strategy)
+    result = trainer.fit()
+    task = trainer.task
+
+    t0 = time.perf_counter()
+    valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
+    eval_seconds = time.perf_counter() - t0
+    from peterrec.training import PopularityScorer
+
+    popularity = PopularityScorer(target_vocab.counts)
+    pretrained_params = count_params(
+        [w for w in task.backbone.weights if "/patch" not in w.path]
+    )
+    trainable = count_params(task.trainable_weights)
+    metrics = {
+        "valid": valid,
+        "test": test,
+        "popularity": {"valid": trainer.evaluate("valid", popularity), "test": trainer.evaluate("test", popularity)},
+        "task": cfg.task,
+        "finetune_mode": cfg.finetune_mode,
+        "insertion": cfg.insertion if cfg.finetune_mode == "peterrec" else None,
+        "backbone": backbone_name,
+        "eval_protocol": cfg.resolved_protocol(),
+        "selected_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "global_step": result.global_step,
+        "train_wall_seconds": round(result.train_seconds, 2),
+        "eval_wall_seconds": round(eval_seconds, 2),
+        "total_params": count_params(task.weights),
+        "trainable_params": trainable,
+        "pretrained_backbone_params": pretrained_params,
+        "trainable_ratio": trainable / max(pretrained_params, 1),
+        "source_oov_share": oov_share,
+        "data": {"set_dir": set_dir, "target_vocab_size": target_vocab.size, "target_pairs": metadata["target_pairs"]},
+        "pretrained_export": os.path.abspath(export_dir),
+        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+    }
+    if classify:
+        metrics["test"].update(macro_f1(task, inputs.evaluate("test", None)))
+        metrics["valid"].update(macro_f1(task, inputs.evaluate("valid", None)))
+    if result.stopped_on_nan:
+        export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
+        raise ConfigError(f"training diverged (NaN/Inf loss) at step {result.global_step}; see {model_dir}/metrics.json")
+    metrics["export_dir"] = export.export_model(
+        task,
+        vocab,
+        model_dir,
+        max_len=max_len,
+        top_k=cfg.top_k,
+        metrics=metrics,
+        kind="finetune",
+        output_vocab=target_vocab,
+        extra_config={"job": record, "backbone_name": backbone_name},
+    )
+    metrics["patch_dir"] = patches.save_patch(task, model_dir, export_dir, target_vocab, max_len=max_len, metrics=metrics)
+    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    plot_history(result.history, os.path.join(model_dir, "curves.png"), monitor=train_cfg.monitor)
+    return metrics
+
+
+__all__ = ["FinetuneConfig", "run", "MODES", "INSERTIONS", "JOB_CONFIG"]

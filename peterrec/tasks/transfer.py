@@ -1,0 +1,199 @@
+"""PeterRec finetuning task: a (patched) backbone, a user vector and a new target table."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SEP_ID
+from peterrec.layers.dilated_block import conv_initializer
+
+LOSSES = ("bce", "bpr")
+SAMPLERS = ("uniform", "lambdafm")
+TASK_TYPES = ("items", "classify")
+
+
+def lambdafm_probabilities(counts, rho=0.3):
+    """LambdaFM's static popularity-rank sampler over target ids.
+
+    Items are ranked by descending training count (rank 0 = most popular,
+    ties by id); item of rank r gets weight ``exp(-(r + 1) / (rho * T))`` with T
+    the table size including reserved ids, normalised. The rank -> id mapping is
+    explicit (the original's ``dict.values()`` ordering bug cannot happen):
+    ``probs[id]`` is the probability of that id; reserved ids get 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    size = len(counts)
+    real = np.arange(NUM_RESERVED, size)
+    order = real[np.argsort(-counts[real], kind="stable")]  # ids sorted by popularity
+    probs = np.zeros(size)
+    probs[order] = np.exp(-(np.arange(len(order)) + 1) / (rho * size))
+    return probs / probs.sum()
+
+
+@keras.saving.register_keras_serializable(package="peterrec")
+class TransferTask(keras.Model):
+    """User vector from a pretrained backbone, scored against a new target table.
+
+    Causal backbones read ``[src_1..src_n, SEP]`` and take the output at SEP;
+    non-causal ones read ``[SEP, src_1..src_n, SEP]`` and sum the outputs at
+    both separators (peterrec.md §4.4). ``score(u, j) = <u, E_target[j]>``.
+
+    Losses (per (user, target) example): ``bce`` = -log σ(s⁺) - log(1 - σ(s⁻))
+    with one uniform negative target; ``bpr`` = -log σ(s⁺ - s⁻) with the
+    negative from ``sampler``; ``classify`` tasks use every other class as a
+    negative (BCE). L2 ``l2 * Σ E_target²`` on the whole table (the original's
+    ``l2_regularizer(0.02)``).
+
+    Args:
+        backbone: an encoder with ``causal`` and ``embedding_dim``.
+        num_targets: target table size (reserved ids included).
+        task_type: "items" (cold-start / cross-domain items) or "classify".
+        loss, sampler, rho: see above; ``target_counts`` feeds the lambdafm sampler.
+        l2: weight of the L2 penalty on the target table.
+        finetune_mode: "finecls" restricts the backbone's trainable part to the
+            SEP embedding row (the other modes are set on the backbone).
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_targets,
+        task_type="items",
+        loss="bce",
+        sampler="uniform",
+        rho=0.3,
+        l2=0.01,
+        target_counts=None,
+        finetune_mode="peterrec",
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "transfer_task")
+        super().__init__(**kwargs)
+        for value, allowed, what in ((task_type, TASK_TYPES, "task_type"), (loss, LOSSES, "loss"), (sampler, SAMPLERS, "sampler")):
+            if value not in allowed:
+                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+        self.backbone = backbone
+        self.num_targets = int(num_targets)
+        self.task_type = task_type
+        self.loss_name = loss
+        self.sampler = sampler
+        self.rho = float(rho)
+        self.l2 = float(l2)
+        self.finetune_mode = finetune_mode
+        self.target_embedding = keras.layers.Embedding(
+            self.num_targets,
+            backbone.embedding_dim,
+            embeddings_initializer=conv_initializer(),
+            embeddings_regularizer=keras.regularizers.L2(self.l2) if self.l2 else None,
+            name="target_embedding",
+        )
+        self.target_embedding.build((None,))
+        probs = None
+        if sampler == "lambdafm":
+            counts = target_counts if target_counts is not None else np.ones(self.num_targets)
+            probs = lambdafm_probabilities(counts, rho)
+        self.negative_log_probs = None if probs is None else tf.constant(np.log(np.maximum(probs, 1e-300))[None, :], tf.float32)
+
+    # ------------------------------------------------------------------ user vectors
+    @property
+    def context_slots(self):
+        """Separator tokens the task adds around the source items (1 causal, 2 non-causal)."""
+        return 1 if self.backbone.causal else 2
+
+    def user_vector(self, item_ids, lengths, training=False):
+        item_ids = tf.cast(item_ids, tf.int32)
+        lengths = tf.cast(lengths, tf.int32)
+        batch = tf.shape(item_ids)[0]
+        pad = tf.fill([batch, 1], PAD_ID)
+        if self.backbone.causal:
+            ids = tf.concat([item_ids, pad], axis=1)
+            sep_at = lengths
+        else:
+            ids = tf.concat([tf.fill([batch, 1], SEP_ID), item_ids, pad], axis=1)
+            sep_at = lengths + 1
+        positions = tf.range(tf.shape(ids)[1])[None, :]
+        ids = tf.where(positions == sep_at[:, None], SEP_ID, ids)
+        hidden = self.backbone(ids, training=training)
+        user = tf.gather(hidden, sep_at, axis=1, batch_dims=1)
+        if not self.backbone.causal:
+            user = user + hidden[:, 0]
+        return user
+
+    def call(self, item_ids, lengths=None, training=None):
+        if lengths is None:
+            lengths = tf.reduce_sum(tf.cast(tf.not_equal(item_ids, PAD_ID), tf.int32), axis=1)
+        return self.scores(self.user_vector(item_ids, lengths, training=training))
+
+    def scores(self, user):
+        return ops.matmul(user, ops.transpose(self.target_embedding.embeddings))
+
+    # ------------------------------------------------------------------ training-loop contract
+    def loss_count(self, batch):
+        return tf.cast(tf.size(batch[LABELS]), tf.float32)
+
+    def _negatives(self, positives):
+        n = tf.shape(positives)[0]
+        if self.sampler == "lambdafm":
+            draws = tf.random.categorical(tf.tile(self.negative_log_probs, [n, 1]), 1, dtype=tf.int32)[:, 0]
+            return draws  # may equal the positive, as in the original
+        draws = tf.random.uniform([n], NUM_RESERVED, self.num_targets - 1, dtype=tf.int32)
+        return draws + tf.cast(draws >= positives, tf.int32)  # uniform over the other real targets
+
+    def loss_sum(self, batch, training=True, static_shapes=False):
+        del static_shapes
+        positives = tf.cast(batch[LABELS], tf.int32)
+        user = self.user_vector(batch[ITEM_IDS], batch[LENGTHS], training=training)
+        if self.task_type == "classify":
+            logits = self.scores(user)
+            real = tf.range(self.num_targets) >= NUM_RESERVED
+            labels = tf.one_hot(positives, self.num_targets)
+            per_class = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+            return tf.reduce_sum(tf.where(real[None, :], per_class, 0.0))
+        table = self.target_embedding.embeddings
+        s_pos = tf.reduce_sum(user * tf.gather(table, positives), axis=-1)
+        s_neg = tf.reduce_sum(user * tf.gather(table, self._negatives(positives)), axis=-1)
+        if self.loss_name == "bpr":
+            return -tf.reduce_sum(tf.math.log_sigmoid(s_pos - s_neg))
+        return -tf.reduce_sum(tf.math.log_sigmoid(s_pos) + tf.math.log_sigmoid(-s_neg))
+
+    def transform_gradients(self, grads, variables):
+        """FineCLS: of the source embeddings only the SEP row learns."""
+        if self.finetune_mode != "finecls":
+            return grads
+        table = self.backbone.embedding.embeddings
+        out = []
+        for grad, var in zip(grads, variables):
+            if var is table or getattr(var, "path", None) == table.path:
+                grad = tf.convert_to_tensor(grad)
+                keep = tf.cast(tf.range(tf.shape(grad)[0]) == SEP_ID, grad.dtype)[:, None]
+                grad = grad * keep
+            out.append(grad)
+        return out
+
+    def eval_scores(self, batch):
+        return self(batch[ITEM_IDS], batch[LENGTHS])
+
+    def serve_scores(self, item_ids, lengths):
+        return self(item_ids, lengths)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_targets": self.num_targets,
+            "task_type": self.task_type,
+            "loss": self.loss_name,
+            "sampler": self.sampler,
+            "rho": self.rho,
+            "l2": self.l2,
+            "finetune_mode": self.finetune_mode,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
