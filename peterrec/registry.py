@@ -6,8 +6,9 @@ Importing this module registers every serialisable peterrec class with Keras.
 from peterrec.backbones.nextitnet import NextItNetBackbone
 from peterrec.layers.dilated_block import DilatedResidualBlock
 from peterrec.layers.model_patch import ModelPatch
+from peterrec.tasks.masked_item import MaskedItemTask
 from peterrec.tasks.next_item import NextItemTask
 
-BACKBONES = {"nextitnet": NextItNetBackbone}
-TASKS = {"next_item": NextItemTask}
+BACKBONES = {"nextitnet": NextItNetBackbone, "grec": NextItNetBackbone}
+TASKS = {"next_item": NextItemTask, "masked_item": MaskedItemTask}
 LAYERS = {"dilated_residual_block": DilatedResidualBlock, "model_patch": ModelPatch}

@@ -1,11 +1,14 @@
 """Pretrain a backbone on next-item prediction and export it.
 
     python -m pipelines.pretrain --backbone nextitnet
+    python -m pipelines.pretrain --backbone grec [--loss sampled_softmax]  # GRec encoder, masked items
 
 With no flags it trains NextItNet on the embedded default data
 (Data/synthetic/source.inter) and writes checkpoints/pretrain-nextitnet/:
 export/<version>/ (SavedModel + config + vocab + weights), logs/ (TensorBoard),
-ckpt/ (re-running resumes), metrics.json and curves.png.
+ckpt/ (re-running resumes), metrics.json and curves.png. --backbone grec writes
+checkpoints/pretrain-grec/; the original GRec uses sampled softmax
+(--loss sampled_softmax), peterrec's default is the full softmax.
 """
 
 import dataclasses
@@ -19,7 +22,12 @@ from pipelines import flags as common
 common.define_data_flags()
 common.define_train_flags()
 common.define_model_flags()
-flags.DEFINE_enum("backbone", "nextitnet", ["nextitnet"], "Backbone to pretrain.")
+flags.DEFINE_enum(
+    "backbone", "nextitnet", ["nextitnet", "grec"],
+    "Backbone to pretrain. nextitnet: causal, next-item objective; grec: the GRec encoder (non-causal), masked-item objective.",
+)
+flags.DEFINE_float("mask_prob", 0.3, "--backbone grec: share of each chunk's items masked.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("max_predictions", 30, "--backbone grec: most masked items per chunk.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -177,7 +177,12 @@ class TransferTask(keras.Model):
         return self(batch[ITEM_IDS], batch[LENGTHS])
 
     def serve_scores(self, item_ids, lengths):
-        return self(item_ids, lengths)
+        """Serving scores: target scores, or class probabilities for ``classify``."""
+        scores = self(item_ids, lengths)
+        if self.task_type != "classify":
+            return scores
+        real = tf.range(self.num_targets) >= NUM_RESERVED
+        return tf.where(real[None, :], tf.nn.softmax(tf.where(real[None, :], scores, -1e9)), 0.0)
 
     def get_config(self):
         return {
