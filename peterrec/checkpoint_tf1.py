@@ -601,6 +601,10 @@ def _build_task(ckpt, backbone, vocabulary_size):
         dropout=0.0,
         mask_padding=False,
     )
+    if backbone == "grec":
+        from peterrec.tasks.masked_item import MaskedItemTask
+
+        return MaskedItemTask(model, loss=ckpt.loss)  # end-mask scoring, like GRec pretraining exports
     return NextItemTask(model, loss=ckpt.loss)
 
 

@@ -120,6 +120,7 @@ class ServingModule(tf.Module):
 
     def _top_k(self, item_ids, exclude_seen):
         ids, lengths = self.encode(item_ids)
+        ids = tf.pad(ids, [[0, 0], [0, 1]])  # a free slot: tasks may write [MASK]/[SEP] at `lengths`
         scores = exclude_reserved(self.task.serve_scores(ids, lengths))
         if exclude_seen:
             seen = tf.reduce_max(tf.one_hot(ids, tf.shape(scores)[1], dtype=tf.float32), axis=1) > 0

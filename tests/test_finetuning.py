@@ -16,7 +16,7 @@ from peterrec.features import ITEM_IDS, LENGTHS, NUM_RESERVED
 from peterrec.tasks.transfer import lambdafm_probabilities
 from peterrec.training import evaluate
 
-TINY_PRE = dict(embedding_dim=16, dilations=(1, 4), batch_size=64, max_len=30, stride=10, verbose=0, num_shards=2, epochs=4, learning_rate=3e-3)
+TINY_PRE = dict(embedding_dim=16, dilations=(1, 4), batch_size=64, max_len=30, stride=10, verbose=0, num_shards=2, epochs=6, learning_rate=5e-3)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def _finetune(small_world, pretrained, name, **overrides):
         tfrecord_dir=str(tmp / "tfr"),
         model_dir=str(tmp / name),
         epochs=3,
-        batch_size=64,
-        learning_rate=3e-3,
+        batch_size=32,
+        learning_rate=5e-3,
         verbose=0,
         num_shards=2,
     )
@@ -47,7 +47,7 @@ def _finetune(small_world, pretrained, name, **overrides):
 
 @pytest.fixture(scope="module")
 def serial_run(small_world, pretrained):
-    cfg = _finetune(small_world, pretrained, "serial")
+    cfg = _finetune(small_world, pretrained, "serial", epochs=12, patience=4)
     return cfg, finetuning.run(cfg)
 
 

@@ -70,6 +70,10 @@ class MaskedItemTask(NextItemTask):
         TensorShape([1, 50])
     """
 
+
+    # Serving keeps max_len - 1 real items so the [MASK] slot fits (peterrec.export).
+    context_slots = 1
+
     def __init__(self, backbone, loss="full_softmax", item_counts=None, sampled_fraction=0.2, **kwargs):
         kwargs.setdefault("name", "masked_item_task")
         super().__init__(backbone, loss=loss, item_counts=item_counts, sampled_fraction=sampled_fraction, **kwargs)
