@@ -11,6 +11,41 @@ from peterrec.errors import ConfigError
 from peterrec.export import load_export
 
 
+def _write_rows(output, sequences, recommend, max_len, top_k, batch_size, progress):
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["user", "rank", "item", "score"])
+            for start in range(0, len(sequences), batch_size):
+                batch = sequences[start : start + batch_size]
+                for seq, rec in zip(batch, recommend([s.items[-max_len:] for s in batch], top_k)):
+                    for rank, (item, score) in enumerate(rec, start=1):
+                        writer.writerow([seq.user, rank, item, f"{score:.6g}"])
+                if progress is not None:
+                    progress(min(start + batch_size, len(sequences)))
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def predict_patches(backbone_export, patch_paths, data, fmt="auto", *, output_dir, top_k=10, batch_size=256):
+    """One backbone export + N patch artifacts: one ``predictions-<i>.csv`` per patch (target ids or classes)."""
+    from peterrec.patches import load_patched
+
+    sequences, _ = read_sequences(data, fmt)
+    outputs = []
+    for i, model in enumerate(load_patched(backbone_export, patch_paths)):
+        output = os.path.join(output_dir, f"predictions-{i}.csv")
+        _write_rows(output, sequences, lambda seqs, k, m=model: m.recommend(seqs, top_k=k), model.max_len, top_k, batch_size, None)
+        outputs.append(output)
+    return {"users": len(sequences), "outputs": outputs}
+
+
 def predict_file(export_path, data, fmt="auto", *, output, top_k=10, exclude_seen=False, batch_size=256, progress=None):
     """Write ``user,rank,item,score`` rows (rank 1 = best) for every user of ``data``.
 
@@ -26,24 +61,6 @@ def predict_file(export_path, data, fmt="auto", *, output, top_k=10, exclude_see
     sequences, _ = read_sequences(data, fmt)
     known = set(loaded.vocab.tokens)
     oov = sum(1 for seq in sequences for item in seq.items if item not in known)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["user", "rank", "item", "score"])
-            for start in range(0, len(sequences), batch_size):
-                batch = sequences[start : start + batch_size]
-                recs = loaded.recommend([s.items[-loaded.max_len :] for s in batch], top_k=top_k, exclude_seen=exclude_seen)
-                for seq, rec in zip(batch, recs):
-                    for rank, (item, score) in enumerate(rec, start=1):
-                        writer.writerow([seq.user, rank, item, f"{score:.6g}"])
-                if progress is not None:
-                    progress(min(start + batch_size, len(sequences)))
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    recommend = lambda seqs, k: loaded.recommend(seqs, top_k=k, exclude_seen=exclude_seen)  # noqa: E731
+    _write_rows(output, sequences, recommend, loaded.max_len, top_k, batch_size, progress)
     return {"users": len(sequences), "oov_items": oov, "output": output}

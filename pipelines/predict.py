@@ -17,6 +17,8 @@ flags.DEFINE_integer("top_k", 10, "Items per user.", lower_bound=1)
 flags.DEFINE_bool("exclude_seen", False, "Never recommend an item already in the user's history.")
 flags.DEFINE_string("output", None, "Output CSV (default: predictions.csv next to the export root).")
 flags.DEFINE_integer("batch_size", 256, "Users per batch.", lower_bound=1)
+flags.DEFINE_list("patches", None, "Patch artifacts (finetuning jobs' patch/ dirs) to apply to --export, the shared backbone; "
+                  "writes one predictions-<i>.csv per patch into the directory of --output.")
 FLAGS = flags.FLAGS
 
 
@@ -27,6 +29,13 @@ def main(argv):
     from peterrec.inference import predict_file
 
     output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.export.rstrip("/"))), "predictions.csv")
+    if FLAGS.patches:
+        from peterrec.inference import predict_patches
+
+        result = predict_patches(FLAGS.export, FLAGS.patches, FLAGS.data, FLAGS.format, output_dir=os.path.dirname(output),
+                                 top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
+        print(json.dumps(result, indent=2))
+        return
     bar = keras.utils.Progbar(None, unit_name="user")
     result = predict_file(
         FLAGS.export,

@@ -198,3 +198,41 @@ def test_zero_flag_pretrain_then_finetune_path(small_world, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipelines.finetune", "--insertion", "seriall"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "insertion" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_evaluate_reproduces_the_jobs_test_metrics(serial_run, pretrained):
+    from peterrec.evaluation import evaluate_export
+
+    cfg, metrics = serial_run
+    again = evaluate_export(cfg.model_dir, tfrecord_dir=os.path.join(pretrained[1], "tfr"))
+    for key in ("hr@5", "mrr@5", "hr@10"):
+        assert abs(again["test"][key] - metrics["test"][key]) < 1e-6, key
+    assert os.path.exists(again["output"])
+    pre = evaluate_export(pretrained[0], tfrecord_dir=os.path.join(pretrained[1], "tfr"))
+    written = json.load(open(os.path.join(os.path.dirname(os.path.dirname(pretrained[0])), "metrics.json")))
+    assert abs(pre["test"]["hr@10"] - written["test"]["hr@10"]) < 1e-6
+
+
+def test_one_backbone_many_patches_cli(serial_run, pretrained, small_world, tmp_path):
+    cfg, metrics = serial_run
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.predict", "--export", pretrained[0], "--patches", f"{metrics['patch_dir']},{metrics['patch_dir']}",
+         "--data", str(small_world / "source.inter"), "--top_k", "3", "--output", str(tmp_path / "p.csv")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = (open(tmp_path / f"predictions-{i}.csv").read() for i in (0, 1))
+    assert first == second and first.count("\n") == 1 + 3 * 800
+    assert all(row.split(",")[2].startswith("t") for row in first.splitlines()[1:4])  # target-domain ids
+
+
+@pytest.mark.parametrize("insertion", ["serial", "parallel"])
+def test_non_causal_grec_backbone_finetunes(small_world, tmp_path_factory, insertion):
+    tmp = tmp_path_factory.mktemp(f"grec-{insertion}")
+    pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
+                                                     model_dir=str(tmp / "pre"), **dict(TINY_PRE, epochs=1)))
+    metrics = finetuning.run(_finetune(small_world, (pre["export_dir"], tmp), "fine", insertion=insertion, epochs=1))
+    assert metrics["backbone"] == "grec" and metrics["insertion"] == insertion
+    assert "checkpoints" not in metrics["export_dir"] and np.isfinite(metrics["test"]["mrr@5"])
+    loaded = export.load_export(metrics["export_dir"])
+    assert loaded.task.context_slots == 2 and not loaded.task.backbone.causal

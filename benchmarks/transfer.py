@@ -1,0 +1,159 @@
+"""Transfer benchmark: PeterRec vs FineAll / FineLast / FineCLS / scratch on the embedded default data.
+
+    python benchmarks/transfer.py --pretrained checkpoints/pretrain-nextitnet/export \
+        --seeds 1,2,3 --tasks items,classify
+
+Pretrains once (or takes --pretrained exports, one per backbone), finetunes every
+backbone x mode (x insertion for PeterRec) x task x seed combination through
+peterrec.finetuning (the library behind `python -m pipelines.finetune`), and writes
+benchmarks/results/<name>.md, .json and .png: test MRR@5 / HR@5 (sampled 1 + 99, the
+paper's protocol) for target items, accuracy / macro-F1 for profile classes, trainable
+parameters, the ratio to the pretrained backbone, and wall time, as mean ± sd over seeds.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import keras
+
+from peterrec import finetuning, pretraining
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values, digits=4):
+    m, s = mean_sd(values)
+    return "—" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def variants(modes, insertions):
+    for mode in modes:
+        if mode == "peterrec":
+            for insertion in insertions:
+                yield mode, insertion
+        else:
+            yield mode, "serial"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backbones", default="nextitnet")
+    parser.add_argument("--pretrained", default="", help="comma-separated exports, one per backbone (default: pretrain here)")
+    parser.add_argument("--modes", default="peterrec,fineall,finelast,finecls,scratch")
+    parser.add_argument("--insertions", default="serial,parallel")
+    parser.add_argument("--tasks", default="items,classify")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--work_dir", default="/tmp/peterrec-transfer")
+    parser.add_argument("--name", default="transfer")
+    args = parser.parse_args()
+    backbones = args.backbones.split(",")
+    exports = dict(zip(backbones, [p for p in args.pretrained.split(",") if p])) if args.pretrained else {}
+    for backbone in backbones:
+        if backbone not in exports:
+            cfg = pretraining.PretrainConfig(backbone=backbone, model_dir=os.path.join(args.work_dir, f"pretrain-{backbone}"))
+            exports[backbone] = pretraining.run(cfg)["export_dir"]
+    rows, raw = [], []
+    for backbone in backbones:
+        for mode, insertion in variants(args.modes.split(","), args.insertions.split(",")):
+            row = {"backbone": backbone, "mode": mode, "insertion": insertion if mode == "peterrec" else "—"}
+            for task in args.tasks.split(","):
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    keras.backend.clear_session()
+                    model_dir = os.path.join(args.work_dir, f"{backbone}-{mode}-{insertion}-{task}-{seed}")
+                    cfg = finetuning.FinetuneConfig(
+                        pretrained=exports[backbone], task=task, finetune_mode=mode, insertion=insertion, seed=seed,
+                        epochs=args.epochs, patience=args.patience, learning_rate=args.learning_rate, model_dir=model_dir,
+                        verbose=0,
+                    )
+                    start = time.perf_counter()
+                    m = finetuning.run(cfg)
+                    record = {"backbone": backbone, "mode": mode, "insertion": row["insertion"], "task": task, "seed": seed,
+                              "test": m["test"], "popularity": m["popularity"]["test"], "trainable_params": m["trainable_params"],
+                              "pretrained_backbone_params": m["pretrained_backbone_params"], "trainable_ratio": m["trainable_ratio"],
+                              "train_wall_seconds": m["train_wall_seconds"], "job_wall_seconds": time.perf_counter() - start,
+                              "selected_epoch": m["selected_epoch"]}
+                    raw.append(record)
+                    print(json.dumps({k: record[k] for k in ("backbone", "mode", "insertion", "task", "seed")}),
+                          {k: round(v, 4) for k, v in m["test"].items() if k in ("mrr@5", "hr@5", "accuracy")}, flush=True)
+            rows.append(row)
+    write_results(raw, args)
+
+
+def write_results(raw, args):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
+        json.dump(raw, f, indent=2)
+    keys = sorted({(r["backbone"], r["mode"], r["insertion"]) for r in raw}, key=lambda k: (k[0], ["peterrec", "fineall", "finelast", "finecls", "scratch"].index(k[1]), k[2]))
+    lines = [f"# {args.name}", "", f"Seeds {args.seeds}; epochs ≤ {args.epochs} (patience {args.patience}), lr {args.learning_rate}. "
+             "Items: sampled 1 + 99 (MRR@5, HR@5). Classes: accuracy, macro-F1. mean ± sd over seeds.", "",
+             "| backbone | mode | insertion | items MRR@5 | items HR@5 | class accuracy | class macro-F1 | trainable params (items) | ratio | train s (items) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for key in keys:
+        items = [r for r in raw if (r["backbone"], r["mode"], r["insertion"]) == key and r["task"] == "items"]
+        classes = [r for r in raw if (r["backbone"], r["mode"], r["insertion"]) == key and r["task"] == "classify"]
+        summary[key] = (mean_sd([r["test"]["mrr@5"] for r in items]), mean_sd([r["test"].get("accuracy") for r in classes]))
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {fmt([r['test']['mrr@5'] for r in items])} | {fmt([r['test']['hr@5'] for r in items])} "
+            f"| {fmt([r['test'].get('accuracy') for r in classes])} | {fmt([r['test'].get('macro_f1') for r in classes])} "
+            f"| {items[0]['trainable_params'] if items else '—'} | {items[0]['trainable_ratio']:.3f} | {fmt([r['train_wall_seconds'] for r in items], 0)} |"
+            if items else f"| {key[0]} | {key[1]} | {key[2]} | — | — | {fmt([r['test'].get('accuracy') for r in classes])} | {fmt([r['test'].get('macro_f1') for r in classes])} | — | — | — |"
+        )
+    pops = [r for r in raw if r["task"] == "items"]
+    if pops:
+        lines.append(f"| popularity | — | — | {fmt([r['popularity']['mrr@5'] for r in pops])} | {fmt([r['popularity']['hr@5'] for r in pops])} | — | — | 0 | 0 | — |")
+    lines += ["", "Checks (issue: PeterRec within 0.03 of FineAll, both beat scratch by more than 2 sd):", ""]
+    for backbone in sorted({k[0] for k in keys}):
+        fineall, scratch = summary.get((backbone, "fineall", "—")), summary.get((backbone, "scratch", "—"))
+        for key in [k for k in keys if k[0] == backbone and k[1] == "peterrec"]:
+            for idx, metric in ((0, "items MRR@5"), (1, "class accuracy")):
+                p, fa, sc = summary[key][idx], fineall[idx] if fineall else (None, None), scratch[idx] if scratch else (None, None)
+                if None in (p[0], fa[0], sc[0]):
+                    continue
+                lines.append(
+                    f"- {backbone} {key[2]} {metric}: PeterRec − FineAll = {p[0] - fa[0]:+.4f} "
+                    f"({'ok' if p[0] >= fa[0] - 0.03 else 'NOT within 0.03'}); PeterRec − scratch = {p[0] - sc[0]:+.4f} vs 2 sd = {2 * max(p[1], sc[1]):.4f} "
+                    f"({'ok' if p[0] - sc[0] > 2 * max(p[1], sc[1]) else 'NOT above'}); FineAll − scratch = {fa[0] - sc[0]:+.4f} "
+                    f"({'ok' if fa[0] - sc[0] > 2 * max(fa[1], sc[1]) else 'NOT above'})"
+                )
+    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(summary, keys, os.path.join(RESULTS, f"{args.name}.png"))
+    print("\n".join(lines))
+
+
+def plot(summary, keys, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{b}\n{m}" + (f"\n{i}" if m == "peterrec" else "") for b, m, i in keys]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(keys)), 3.8))
+    for ax, idx, title in ((axes[0], 0, "target items: test MRR@5"), (axes[1], 1, "profile classes: test accuracy")):
+        means = [summary[k][idx][0] or 0 for k in keys]
+        sds = [summary[k][idx][1] or 0 for k in keys]
+        ax.bar(range(len(keys)), means, yerr=sds, capsize=3, color=["tab:green" if k[1] == "peterrec" else "tab:gray" for k in keys])
+        ax.set_xticks(range(len(keys)), labels, fontsize=7)
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
