@@ -8,7 +8,8 @@ from peterrec.layers.dilated_block import DilatedResidualBlock
 from peterrec.layers.model_patch import ModelPatch
 from peterrec.tasks.masked_item import MaskedItemTask
 from peterrec.tasks.next_item import NextItemTask
+from peterrec.tasks.transfer import TransferTask
 
 BACKBONES = {"nextitnet": NextItNetBackbone, "grec": NextItNetBackbone}
-TASKS = {"next_item": NextItemTask, "masked_item": MaskedItemTask}
+TASKS = {"transfer": TransferTask, "next_item": NextItemTask, "masked_item": MaskedItemTask}
 LAYERS = {"dilated_residual_block": DilatedResidualBlock, "model_patch": ModelPatch}

@@ -27,8 +27,8 @@ def pretrained(small_world, tmp_path_factory):
     return metrics["export_dir"], tmp
 
 
-def _finetune(small_world, pretrained, name, **overrides):
-    export_dir, tmp = pretrained
+def _finetune(small_world, pre, name, **overrides):
+    export_dir, tmp = pre
     args = dict(
         pretrained=export_dir,
         data=str(small_world / "source.inter"),
