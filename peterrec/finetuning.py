@@ -28,9 +28,9 @@ from peterrec.data import convert, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
-from peterrec.pretraining import JOB_CONFIG, _check_job_config, count_params, plot_history
+from peterrec.jobs import JobConfig, check, check_job_config, count_params, plot_history
 from peterrec.tasks.transfer import LOSSES, SAMPLERS, TASK_TYPES, TransferTask
-from peterrec.training import TrainConfig, Trainer, TrainInputs
+from peterrec.training import PopularityScorer, Trainer, TrainInputs
 
 MODES = ("peterrec", "fineall", "finelast", "finecls", "scratch")
 INSERTIONS = ("serial", "parallel")
@@ -39,7 +39,9 @@ BACKBONE_MODE = {"peterrec": "peterrec", "fineall": "fineall", "finelast": "fine
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(JobConfig):
+    """Settings of a finetuning job (``pipelines.finetune`` flags map onto these fields)."""
+
     pretrained: str = "checkpoints/pretrain-nextitnet/export"
     data: str = "Data/synthetic/source.inter"
     targets: str | None = None  # default: DEFAULT_TARGETS[task] when data is the embedded default
@@ -58,38 +60,20 @@ class FinetuneConfig:
     eval_protocol: str | None = None  # items: sampled (the paper's); classify: full over classes
     num_negatives: int = 99
     epochs: int = 20
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    learning_rate: float = 1e-3
-    patience: int = 3
-    seed: int = 42
-    max_len: int | None = None  # default: the export's max_len
+    max_len: int | None = None  # default: the export's max_len + 1 (room for the separator)
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     num_shards: int = 8
     max_oov_share: float = 0.5
-    jit_compile: bool = False
-    checkpoint_every_steps: int = 500
-    strategy: str = "auto"
-    tpu: str | None = None
-    tf_config: str | None = None
-    top_k: int = 50
-    verbose: int = 2
 
     def validate(self):
-        def check(ok, flag, message):
-            if not ok:
-                raise ConfigError(f"--{flag}: {message}")
-
+        self.validate_common()
         check(self.task in TASK_TYPES, "task", f"{self.task!r} is not one of {', '.join(TASK_TYPES)}")
         check(self.insertion in INSERTIONS, "insertion", f"{self.insertion!r} is not one of {', '.join(INSERTIONS)}")
         check(self.finetune_mode in MODES, "finetune_mode", f"{self.finetune_mode!r} is not one of {', '.join(MODES)}")
         check(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)} for finetuning")
         check(self.sampler in SAMPLERS, "sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         check(self.eval_protocol in (None, "sampled", "full"), "eval_protocol", f"{self.eval_protocol!r} is not sampled or full")
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(0.0 <= self.max_oov_share <= 1.0, "max_oov_share", f"must be in [0, 1], got {self.max_oov_share}")
         check(self.max_len is None or self.max_len >= 3, "max_len", f"must be >= 3, got {self.max_len}")
         check(self.rho > 0, "rho", f"must be > 0, got {self.rho}")
@@ -215,7 +199,7 @@ def run(cfg: FinetuneConfig):
         "max_len": max_len,
     }
     os.makedirs(model_dir, exist_ok=True)
-    _check_job_config(model_dir, record)
+    check_job_config(model_dir, record)
 
     def task_fn():
         backbone = build_backbone(pre_config["backbone"], cfg, weights_path)
@@ -243,18 +227,11 @@ def run(cfg: FinetuneConfig):
         targets_per_epoch=finetune_dataset.num_pairs(metadata, "train"),
     )
     classify = cfg.task == "classify"
-    train_cfg = TrainConfig(
-        epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        patience=cfg.patience,
+    train_cfg = cfg.train_config(
         monitor="hr@1" if classify else "mrr@5",
-        jit_compile=cfg.jit_compile,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
         eval_protocol=cfg.resolved_protocol(),
         num_negatives=cfg.num_negatives,
         ks=(1,) if classify else (5, 10),
-        seed=cfg.seed,
-        verbose=cfg.verbose,
     )
     strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
     trainer = Trainer(task_fn, inputs, model_dir, train_cfg, strategy)
@@ -264,8 +241,6 @@ def run(cfg: FinetuneConfig):
     t0 = time.perf_counter()
     valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
     eval_seconds = time.perf_counter() - t0
-    from peterrec.training import PopularityScorer
-
     popularity = PopularityScorer(target_vocab.counts)
     pretrained_params = count_params(
         [w for w in task.backbone.weights if "/patch" not in w.path]
@@ -317,4 +292,4 @@ def run(cfg: FinetuneConfig):
     return metrics
 
 
-__all__ = ["FinetuneConfig", "run", "MODES", "INSERTIONS", "JOB_CONFIG"]
+__all__ = ["FinetuneConfig", "run", "MODES", "INSERTIONS"]

@@ -26,12 +26,10 @@ Two backbones (``PretrainConfig.backbone``):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import peterrec
@@ -42,18 +40,18 @@ from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
 from peterrec.tasks.masked_item import MaskedItemTask
 from peterrec.tasks.next_item import LOSSES, NextItemTask
-from peterrec.training import PopularityScorer, TrainConfig, Trainer, TrainInputs
+from peterrec.jobs import JobConfig, check, check_job_config, count_params, plot_history
+from peterrec.training import PopularityScorer, Trainer, TrainInputs
 
 BACKBONES = ("nextitnet", "grec")
 # Fields only the GRec encoder uses: left out of other backbones' job_config.json (so their old runs still resume).
 GREC_FIELDS = ("mask_prob", "max_predictions")
-JOB_CONFIG = "job_config.json"
-# Fields that may change between a run and its resumption without invalidating checkpoints.
-RESUMABLE_FIELDS = {"epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size"}
 
 
 @dataclasses.dataclass
-class PretrainConfig:
+class PretrainConfig(JobConfig):
+    """Settings of a pretraining job (``pipelines.pretrain`` flags map 1:1 onto these fields)."""
+
     data: str = "Data/synthetic/source.inter"
     format: str = "auto"
     tfrecord_dir: str = "tfrecords"
@@ -80,41 +78,22 @@ class PretrainConfig:
     # GRec encoder (backbone "grec") masking: share of each chunk's items masked, at most max_predictions
     mask_prob: float = 0.3
     max_predictions: int = 30
-    # training
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    learning_rate: float = 1e-3
+    # training (the shared settings are JobConfig's)
     max_len: int = 50
     stride: int = 10
-    patience: int = 3
-    seed: int = 42
-    jit_compile: bool = False
-    checkpoint_every_steps: int = 500
     eval_protocol: str = "full"
-    strategy: str = "auto"
-    tpu: str | None = None
-    tf_config: str | None = None
-    top_k: int = 50
-    verbose: int = 2
 
     def resolved_model_dir(self):
         return self.model_dir or os.path.join("checkpoints", f"pretrain-{self.backbone}")
 
     def validate(self):
-        def check(ok, flag, message):
-            if not ok:
-                raise ConfigError(f"--{flag}: {message}")
-
+        self.validate_common()
         check(self.backbone in BACKBONES, "backbone", f"{self.backbone!r} is not one of {', '.join(BACKBONES)}")
         check(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.max_len >= 2, "max_len", f"must be >= 2, got {self.max_len}")
         check(1 <= self.stride <= self.max_len, "stride", f"must be in [1, max_len={self.max_len}], got {self.stride}")
         check(self.embedding_dim >= 1, "embedding_dim", f"must be >= 1, got {self.embedding_dim}")
         check(len(self.dilations) >= 1 and min(self.dilations) >= 1, "dilations", f"need positive ints, got {self.dilations}")
-        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.eval_protocol in ("full", "sampled"), "eval_protocol", f"{self.eval_protocol!r} is not full or sampled")
         if self.backbone == "grec":
@@ -149,25 +128,6 @@ def prepare_data(cfg):
     if vocab is not None and vocab.hash != set_vocab.hash:
         raise ConfigError(f"--vocab_from {cfg.vocab_from}: vocabulary hash {vocab.hash[:12]} differs from the data's {set_vocab.hash[:12]}")
     return set_dir, metadata, set_vocab
-
-
-def _check_job_config(model_dir, record):
-    """Refuse to reuse a model_dir that holds a run with an incompatible configuration."""
-    path = os.path.join(model_dir, JOB_CONFIG)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diffs = [
-            f"{key}: {old.get(key)!r} -> {record.get(key)!r}"
-            for key in sorted(set(old) | set(record))
-            if key not in RESUMABLE_FIELDS and old.get(key) != record.get(key)
-        ]
-        if diffs:
-            raise ConfigError(
-                f"--model_dir {model_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
-                "Use another --model_dir, or delete that directory to start over."
-            )
-    export.write_json(path, record)
 
 
 def build_inputs(set_dir, metadata, cfg):
@@ -237,10 +197,6 @@ def build_task(cfg, vocab):
     return task_class(backbone, loss=cfg.loss, item_counts=vocab.counts, sampled_fraction=cfg.sampled_fraction)
 
 
-def count_params(weights):
-    return int(sum(np.prod(w.shape) for w in weights))
-
-
 def run(cfg: PretrainConfig):
     """Train, evaluate and export; returns the metrics dict written to metrics.json."""
     cfg.validate()
@@ -253,21 +209,11 @@ def run(cfg: PretrainConfig):
         for key in GREC_FIELDS:
             record.pop(key)
     os.makedirs(model_dir, exist_ok=True)
-    _check_job_config(model_dir, record)
+    check_job_config(model_dir, record)
 
     strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
     inputs = build_inputs(set_dir, metadata, cfg)
-    train_cfg = TrainConfig(
-        epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        patience=cfg.patience,
-        jit_compile=cfg.jit_compile,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        eval_protocol=cfg.eval_protocol,
-        seed=cfg.seed,
-        verbose=cfg.verbose,
-    )
-    trainer = Trainer(lambda: build_task(cfg, vocab), inputs, model_dir, train_cfg, strategy)
+    trainer = Trainer(lambda: build_task(cfg, vocab), inputs, model_dir, cfg.train_config(), strategy)
     result = trainer.fit()
     task = trainer.task
 
@@ -311,26 +257,3 @@ def run(cfg: PretrainConfig):
     export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
     plot_history(result.history, os.path.join(model_dir, "curves.png"))
     return metrics
-
-
-def plot_history(history, path, monitor="mrr@10"):
-    """Training loss and validation metrics per epoch as a PNG."""
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(epochs, [row["loss"] for row in history], marker="o")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    keys = [f"val_{monitor}"] + [k for k in ("val_hr@10",) if k != f"val_{monitor}" and k in history[0]]
-    for key in keys:
-        ax2.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key[4:])
-    ax2.set(xlabel="epoch", title="validation")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,99 @@
+"""What every training job shares: common settings, the model_dir contract, reporting helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from peterrec import export
+from peterrec.errors import ConfigError
+from peterrec.training import TrainConfig
+
+JOB_CONFIG = "job_config.json"
+# Fields that may change between a run and its resumption without invalidating checkpoints.
+RESUMABLE_FIELDS = {"epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size"}
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """Training settings shared by pretraining and finetuning jobs (one name per flag)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    learning_rate: float = 1e-3
+    patience: int = 3
+    seed: int = 42
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 500
+    strategy: str = "auto"
+    tpu: str | None = None
+    tf_config: str | None = None
+    top_k: int = 50
+    verbose: int = 2
+
+    def validate_common(self):
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+
+    def train_config(self, **overrides):
+        """The loop's TrainConfig from these settings (job-specific fields as overrides)."""
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+        return TrainConfig(**(values | overrides))
+
+
+def check(ok, flag, message):
+    """Raise ConfigError naming ``--flag`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"--{flag}: {message}")
+
+
+def check_job_config(model_dir, record):
+    """Refuse to reuse a model_dir that holds a run with an incompatible configuration."""
+    path = os.path.join(model_dir, JOB_CONFIG)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diffs = [
+            f"{key}: {old.get(key)!r} -> {record.get(key)!r}"
+            for key in sorted(set(old) | set(record))
+            if key not in RESUMABLE_FIELDS and old.get(key) != record.get(key)
+        ]
+        if diffs:
+            raise ConfigError(
+                f"--model_dir {model_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
+                "Use another --model_dir, or delete that directory to start over."
+            )
+    export.write_json(path, record)
+
+
+def count_params(weights):
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def plot_history(history, path, monitor="mrr@10"):
+    """Training loss and validation metrics per epoch as a PNG."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.plot(epochs, [row["loss"] for row in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    keys = [f"val_{monitor}"] + [k for k in ("val_hr@10",) if k != f"val_{monitor}" and k in history[0]]
+    for key in keys:
+        ax2.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key[4:])
+    ax2.set(xlabel="epoch", title="validation")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
