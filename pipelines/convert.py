@@ -64,6 +64,7 @@ def main(argv: list[str]) -> None:
         k_core=FLAGS.k_core,
         dedup=FLAGS.dedup,
         rating_threshold=FLAGS.rating_threshold,
+        targets=FLAGS.targets,
         overwrite=FLAGS.overwrite,
     )
     print(summary(metadata, output_dir))

@@ -15,7 +15,6 @@ from pipelines import flags as common
 
 common.define_data_flags()
 flags.DEFINE_string("model_dir", "checkpoints/pretrain-nextitnet", "Model directory or export directory.")
-flags.DEFINE_string("targets", None, "Targets file for finetuned models (default: the job's).")
 flags.DEFINE_enum("eval_split", "test", ["valid", "test"], "Which held-out split to evaluate.")
 flags.DEFINE_enum("eval_protocol", None, ["full", "sampled"], "Default: the job's protocol.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size.", lower_bound=1)

@@ -19,7 +19,6 @@ from pipelines import flags as common
 common.define_data_flags()
 common.define_train_flags()
 flags.DEFINE_string("pretrained", "checkpoints/pretrain-nextitnet/export", "Pretraining export directory.")
-flags.DEFINE_string("targets", None, "Per-user targets file (RecBole: user_id + item_id or label). Default: the embedded default's.")
 flags.DEFINE_enum("task", "items", ["items", "classify"], "Target items (cold start) or user-profile classes.")
 flags.DEFINE_enum("insertion", "serial", ["serial", "parallel"], "Where the model patches go (PeterRec mode).")
 flags.DEFINE_enum("finetune_mode", "peterrec", ["peterrec", "fineall", "finelast", "finecls", "scratch"], "What is trained.")

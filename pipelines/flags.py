@@ -44,6 +44,9 @@ def define_data_flags():
     flags.DEFINE_bool("dedup", False, "Drop repeated consecutive interactions of a user with the same item.")
     flags.DEFINE_float("rating_threshold", None, "Keep only interactions with rating >= this (formats with ratings).")
     flags.DEFINE_integer("seed", 42, "Random seed for splits, shuffling and initialisation.")
+    flags.DEFINE_string(
+        "targets", None, "Per-user finetuning targets: a RecBole file with user_id and item_id (target items) or label (classes)."
+    )
 
 
 def run(main):

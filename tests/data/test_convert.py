@@ -262,3 +262,24 @@ def test_cli_malformed_file_exits_2_and_writes_nothing(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:3:")
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["bad.inter"]
+
+
+def test_targets_file_attaches_per_user_targets(tmp_path):
+    from peterrec.data.readers import read_user_targets
+
+    source = tmp_path / "source.inter"
+    source.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u{u}\ti{(u + k) % 7}\t{k}\n" for u in range(20) for k in range(5)))
+    targets = tmp_path / "targets.inter"
+    targets.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u{u}\tt{u % 3}\t9\nu{u}\tt{(u + 1) % 3}\t8\n" for u in range(0, 20, 2)) + "ghost\tt0\t1\n")
+    assert read_user_targets(str(targets))["u2"] == ["t0", "t2"]  # sorted by time
+    metadata = convert(str(source), "inter", str(tmp_path / "set"), split="random", seed=3, targets=str(targets))
+    assert metadata["counts"]["target_users_without_source"] == 1
+    assert sum(metadata["target_pairs"].values()) == 20
+    labels = tmp_path / "labels.inter"
+    labels.write_text("user_id:token\tlabel:token\n" + "".join(f"u{u}\tc{u % 2}\n" for u in range(20)))
+    metadata = convert(str(source), "inter", str(tmp_path / "set2"), split="random", seed=3, targets=str(labels))
+    assert metadata["target_vocab_size"] == 4 + 2 and sum(metadata["target_pairs"].values()) == 20
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id:token\tscore:float\nu1\t3\n")
+    with pytest.raises(DataError, match="label"):
+        read_user_targets(str(bad))
