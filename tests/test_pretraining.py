@@ -69,8 +69,16 @@ def test_job_outputs(trained):
     for key in ("valid", "test", "popularity", "train_wall_seconds", "trained_positions_per_second", "total_params", "trainable_params"):
         assert key in written
     assert written["total_params"] == written["trainable_params"] > 0
-    logs = os.listdir(os.path.join(model_dir, "logs"))
-    assert {"train", "validation"} <= set(logs)
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tags = {}
+    for sub in ("train", "validation"):
+        acc = event_accumulator.EventAccumulator(os.path.join(model_dir, "logs", sub), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags[sub] = acc.Tags()
+    assert {"epoch_loss", "epoch_learning_rate", "epoch_positions_per_second"} <= set(tags["train"]["tensors"])
+    assert {"epoch_mrr@10", "epoch_hr@10", "epoch_ndcg@10"} <= set(tags["validation"]["tensors"])
+    assert tags["train"]["graph"]  # the train-step graph (tf.summary.graph)
     config = json.load(open(os.path.join(metrics["export_dir"], "config.json")))
     assert config["vocab_hash"] == metrics["data"]["vocab_hash"]
     assert config["reserved_ids"] == {"pad": 0, "oov": 1, "mask": 2, "sep": 3}
