@@ -40,12 +40,16 @@ def evaluate_export(
     data = data or job.get("data")
     if not data:
         raise ConfigError(f"--data is required: {loaded.path} does not record the data it was trained on")
+    same_data = data == job.get("data")
+    fmt = job.get("format", fmt) if same_data and fmt == "auto" else fmt
     options = dict(
         num_shards=job.get("num_shards", 8),
         seed=job.get("seed", 42),
         valid_fraction=job.get("valid_fraction", 0.1),
         test_fraction=job.get("test_fraction", 0.1),
     )
+    # The job's filters, so the default call re-creates exactly the job's split.
+    options.update({k: job[k] for k in ("k_core", "dedup", "rating_threshold") if k in job})
     if finetuned:
         target_vocab = loaded.target_vocab
         targets = targets or job.get("targets") or _default_targets(job)

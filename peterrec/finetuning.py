@@ -53,7 +53,7 @@ class FinetuneConfig(JobConfig):
     finetune_mode: str = "peterrec"
     patch_dim: int | None = None
     patch_zero_init: bool = False
-    loss: str = "bce"
+    loss: str | None = None  # default: bce with uniform negatives, bpr with the lambdafm sampler
     sampler: str = "uniform"
     rho: float = 0.3
     l2: float = 0.01
@@ -71,7 +71,7 @@ class FinetuneConfig(JobConfig):
         check(self.task in TASK_TYPES, "task", f"{self.task!r} is not one of {', '.join(TASK_TYPES)}")
         check(self.insertion in INSERTIONS, "insertion", f"{self.insertion!r} is not one of {', '.join(INSERTIONS)}")
         check(self.finetune_mode in MODES, "finetune_mode", f"{self.finetune_mode!r} is not one of {', '.join(MODES)}")
-        check(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)} for finetuning")
+        check(self.loss is None or self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)} for finetuning")
         check(self.sampler in SAMPLERS, "sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         check(self.eval_protocol in (None, "sampled", "full"), "eval_protocol", f"{self.eval_protocol!r} is not sampled or full")
         check(0.0 <= self.max_oov_share <= 1.0, "max_oov_share", f"must be in [0, 1], got {self.max_oov_share}")
@@ -84,6 +84,9 @@ class FinetuneConfig(JobConfig):
         if self.data == FinetuneConfig.data:
             return DEFAULT_TARGETS[self.task]
         return None  # the targets are in the data file (PeterRec ",," CSV)
+
+    def resolved_loss(self):
+        return self.loss or ("bpr" if self.sampler == "lambdafm" else "bce")
 
     def resolved_protocol(self):
         return self.eval_protocol or ("full" if self.task == "classify" else "sampled")
@@ -143,6 +146,8 @@ def prepare_data(cfg, vocab):
         raise DataError(f"{cfg.data}: no finetuning targets (give --targets, or a PeterRec 'source,,targets' CSV)")
     counts = metadata["counts"]
     oov_share = counts["oov_interactions"] / max(counts["interactions"], 1)
+    print(f"{cfg.data}: {counts['oov_interactions']} of {counts['interactions']} source items ({oov_share:.2%}) are unknown "
+          f"to the pretrained vocabulary and map to OOV")
     if oov_share > cfg.max_oov_share:
         raise DataError(
             f"{cfg.data}: {oov_share:.1%} of the source items are unknown to the pretrained vocabulary "
@@ -207,7 +212,7 @@ def run(cfg: FinetuneConfig):
             backbone,
             num_targets=target_vocab.size,
             task_type=cfg.task,
-            loss=cfg.loss,
+            loss=cfg.resolved_loss(),
             sampler=cfg.sampler,
             rho=cfg.rho,
             l2=cfg.l2,
@@ -242,10 +247,8 @@ def run(cfg: FinetuneConfig):
     valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
     eval_seconds = time.perf_counter() - t0
     popularity = PopularityScorer(target_vocab.counts)
-    pretrained_params = count_params(
-        [w for w in task.backbone.weights if "/patch" not in w.path]
-    )
-    trainable = count_params(task.trainable_weights)
+    pretrained_params = count_params([w for w in task.backbone.weights if "/patch" not in w.path])
+    trainable = sum(int(np.prod(a.shape)) for a in patches.trained_arrays(task).values())  # FineCLS: one embedding row
     metrics = {
         "valid": valid,
         "test": test,

@@ -11,8 +11,7 @@ Two backbones (``PretrainConfig.backbone``):
   original GRec uses sampled softmax; peterrec keeps the config's ``loss``
   (full softmax by default) and ``loss="sampled_softmax"`` reproduces it.
 
-``run(PretrainConfig(...))`` is what ``python -m pipelines.pretrain`` (and
-``pipelines.train --model nextitnet``) calls. It writes into ``model_dir``:
+``run(PretrainConfig(...))`` is what ``python -m pipelines.pretrain`` calls. It writes into ``model_dir``:
 
 * ``export/<version>/`` (see :mod:`peterrec.export`),
 * ``logs/`` TensorBoard scalars and the train-step graph,
@@ -122,6 +121,10 @@ def prepare_data(cfg):
         rating_threshold=cfg.rating_threshold,
     )
     metadata = tfrecord.load_metadata(set_dir)
+    oov = metadata.get("counts", {}).get("oov_interactions", 0)
+    if oov:
+        total = max(metadata["counts"].get("interactions", 1), 1)
+        print(f"{cfg.data}: {oov} of {total} interactions ({oov / total:.2%}) are unknown to --vocab_from and map to OOV")
     set_vocab = Vocabulary.load(set_dir)
     if set_vocab.hash != metadata["vocab_hash"]:
         raise ConfigError(f"{set_dir}: vocab.json hash {set_vocab.hash[:12]} differs from metadata.json's {metadata['vocab_hash'][:12]}")

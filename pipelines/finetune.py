@@ -24,7 +24,7 @@ flags.DEFINE_enum("insertion", "serial", ["serial", "parallel"], "Where the mode
 flags.DEFINE_enum("finetune_mode", "peterrec", ["peterrec", "fineall", "finelast", "finecls", "scratch"], "What is trained.")
 flags.DEFINE_integer("patch_dim", None, "Patch bottleneck width (default: channels / 4).", lower_bound=1)
 flags.DEFINE_bool("patch_zero_init", False, "Zero-initialise the patches' up-projection (serial = exact pretrained function at init).")
-flags.DEFINE_enum("finetune_loss", "bce", ["bce", "bpr"], "bce: 1 uniform negative; bpr: with --sampler.")
+flags.DEFINE_enum("finetune_loss", None, ["bce", "bpr"], "bce: 1 negative (default with --sampler uniform); bpr (default with --sampler lambdafm).")
 flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task.")
 flags.DEFINE_float("rho", 0.3, "LambdaFM popularity-rank sampler parameter.", lower_bound=1e-6)
 flags.DEFINE_float("l2", 0.01, "L2 weight on the target table.", lower_bound=0.0)

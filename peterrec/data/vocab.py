@@ -186,13 +186,14 @@ class Vocabulary:
 
         Args:
             path_or_dir: A ``vocab.json`` file, or a directory holding one (a
-                TFRecord set or an export directory).
+                TFRecord set or an export version), or an export root / model
+                directory whose newest numbered export version holds one.
 
         Raises:
             VocabularyError: The file is missing or invalid, or its stored
                 hash differs from the recomputed one (edited by hand).
         """
-        path = os.path.join(path_or_dir, VOCAB_FILENAME) if os.path.isdir(path_or_dir) else path_or_dir
+        path = _resolve_vocab_path(path_or_dir)
         data = _read_json(path)
         try:
             vocab = cls(data["tokens"], data["counts"])
@@ -260,6 +261,21 @@ def _full_counts(counts: Sequence[int] | None, num_tokens: int) -> np.ndarray:
         full[features.NUM_RESERVED:] = values
     full.flags.writeable = False
     return full
+
+
+def _resolve_vocab_path(path_or_dir: str) -> str:
+    """``vocab.json`` of a file, a directory, or the newest numbered version under ``[<dir>/export/]``."""
+    if not os.path.isdir(path_or_dir):
+        return path_or_dir
+    direct = os.path.join(path_or_dir, VOCAB_FILENAME)
+    if os.path.isfile(direct):
+        return direct
+    for root in (path_or_dir, os.path.join(path_or_dir, "export")):
+        if os.path.isdir(root):
+            versions = sorted(int(name) for name in os.listdir(root) if name.isdigit())
+            if versions:
+                return os.path.join(root, str(versions[-1]), VOCAB_FILENAME)
+    return direct
 
 
 def _read_json(path: str) -> dict:

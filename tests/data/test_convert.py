@@ -15,9 +15,11 @@ from peterrec.data.tfrecord import load_metadata, parse_example, shard_files
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError, VocabularyError
 
+SHARED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "..", "shared")
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO_FINETUNE = "/work/shared/fixtures/peterrec_demo/Session/history_sequences_20181014_fajie_transfer_finetune_small.csv"
-ML100K = "/work/shared/data/ml-100k/ml-100k.inter"
+DEMO_FINETUNE = SHARED_DIR + "/fixtures/peterrec_demo/Session/history_sequences_20181014_fajie_transfer_finetune_small.csv"
+ML100K = SHARED_DIR + "/data/ml-100k/ml-100k.inter"
 N = features.NUM_RESERVED
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 SMALL = HEADER + "".join(
@@ -182,14 +184,14 @@ def test_errors_before_writing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["full", "small.inter"]
 
 
-@pytest.mark.skipif(not os.path.isfile(DEMO_FINETUNE), reason="/work/shared demo files absent")
+@pytest.mark.skipif(not os.path.isfile(DEMO_FINETUNE), reason="../shared demo files absent")
 def test_demo_finetune_file(tmp_path):
     metadata = convert(DEMO_FINETUNE, "auto", str(tmp_path / "demo"), split="random")
     assert metadata["counts"]["users_kept"] == 30 and metadata["counts"]["target_interactions"] == 47
     assert metadata["target_vocab_size"] == N + 31
 
 
-@pytest.mark.skipif(not os.path.isfile(ML100K), reason="/work/shared ml-100k absent")
+@pytest.mark.skipif(not os.path.isfile(ML100K), reason="../shared ml-100k absent")
 def test_ml100k_loo(tmp_path):
     metadata = convert(ML100K, "auto", str(tmp_path / "ml"))
     assert metadata["counts"]["users_kept"] == 943 and metadata["counts"]["interactions"] == 100_000

@@ -8,7 +8,9 @@ import pytest
 from peterrec.data.readers import UserSequence, detect_format, read_sequences
 from peterrec.errors import DataError
 
-SHARED = "/work/shared"
+SHARED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "..", "shared")
+
+SHARED = SHARED_DIR
 DEMO = os.path.join(SHARED, "fixtures", "peterrec_demo", "Session")
 ML100K = os.path.join(SHARED, "data", "ml-100k", "ml-100k.inter")
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -144,7 +146,7 @@ def test_peterrec_rating_threshold_is_an_error(tmp_path):
         read_sequences(write(tmp_path, "p.csv", "1,2\n"), "peterrec", rating_threshold=1.0)
 
 
-@pytest.mark.skipif(not os.path.isdir(DEMO), reason="/work/shared demo files absent")
+@pytest.mark.skipif(not os.path.isdir(DEMO), reason="../shared demo files absent")
 def test_peterrec_demo_files():
     pretrain, _ = read_sequences(os.path.join(DEMO, "history_sequences_20181014_fajie_transfer_pretrain_small.csv"), "auto")
     finetune, _ = read_sequences(os.path.join(DEMO, "history_sequences_20181014_fajie_transfer_finetune_small.csv"), "auto")
@@ -212,7 +214,7 @@ def test_tfds_without_package_says_how_to_install():
         read_sequences("movielens/100k-ratings", "tfds")
 
 
-@pytest.mark.skipif(not os.path.isfile(ML100K), reason="/work/shared ml-100k absent")
+@pytest.mark.skipif(not os.path.isfile(ML100K), reason="../shared ml-100k absent")
 def test_ml100k():
     sequences, stats = read_sequences(ML100K, "auto")
     assert stats["interactions"] == 100_000 and len(sequences) == 943

@@ -1,0 +1,62 @@
+"""The official PeterRec demo: TF1 checkpoints imported, then finetuned in every combination."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from peterrec import finetuning
+from peterrec.checkpoint_tf1 import export_tf1_checkpoint
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "fixtures", "peterrec_demo")
+pytestmark = pytest.mark.skipif(not os.path.isdir(DEMO), reason="../shared/fixtures/peterrec_demo is absent")
+PRETRAIN_CSV = os.path.join(DEMO, "Session", "history_sequences_20181014_fajie_transfer_pretrain_small.csv")
+FINETUNE_CSV = os.path.join(DEMO, "Session", "history_sequences_20181014_fajie_transfer_finetune_small.csv")
+CHECKPOINTS = {"nextitnet": "model_nextitnet_transfer_pretrain.ckpt", "grec": "model_nextitnet_cloze"}
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    exports = {}
+    for backbone, name in CHECKPOINTS.items():
+        exports[backbone], _ = export_tf1_checkpoint(os.path.join(DEMO, "Models", name), PRETRAIN_CSV, backbone, str(tmp / backbone))
+    return exports, tmp
+
+
+def _run(imported, backbone, mode, insertion="serial"):
+    exports, tmp = imported
+    cfg = finetuning.FinetuneConfig(
+        pretrained=exports[backbone], data=FINETUNE_CSV, tfrecord_dir=str(tmp / "tfr"), model_dir=str(tmp / f"{backbone}-{mode}-{insertion}"),
+        finetune_mode=mode, insertion=insertion, epochs=1, batch_size=4, valid_fraction=0.2, test_fraction=0.2, verbose=0, num_shards=2,
+    )
+    return finetuning.run(cfg)
+
+
+@pytest.mark.parametrize("backbone", ["nextitnet", "grec"])
+@pytest.mark.parametrize("mode, insertion", [("peterrec", "serial"), ("peterrec", "parallel"), ("fineall", "serial"),
+                                             ("finelast", "serial"), ("finecls", "serial"), ("scratch", "serial")])
+def test_every_combination_finetunes_on_the_demo(imported, backbone, mode, insertion):
+    metrics = _run(imported, backbone, mode, insertion)
+    assert metrics["source_oov_share"] == 0.0  # the demo's source ids are all in the imported vocabulary
+    assert np.isfinite(metrics["test"]["mrr@5"]) and metrics["test"]["users"] > 0
+    assert os.path.isdir(metrics["export_dir"]) and os.path.isdir(metrics["patch_dir"])
+    if mode == "peterrec":
+        assert metrics["trainable_params"] < 0.25 * metrics["pretrained_backbone_params"]
+    if mode == "finecls":
+        assert metrics["trainable_params"] == 64 + metrics["data"]["target_vocab_size"] * 64
+
+
+def test_cli_on_the_demo(imported):
+    exports, tmp = imported
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.finetune", "--pretrained", exports["nextitnet"], "--data", FINETUNE_CSV, "--insertion", "parallel",
+         "--epochs", "1", "--batch_size", "4", "--valid_fraction", "0.2", "--test_fraction", "0.2", "--model_dir", str(tmp / "cli"),
+         "--tfrecord_dir", str(tmp / "tfr")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout[done.stdout.index("{"):])["patch_dir"].endswith("patch/1")
