@@ -119,10 +119,12 @@ class ServingModule(tf.Module):
 
     def _top_k(self, item_ids, exclude_seen):
         ids, lengths = self.encode(item_ids)
+        all_ids = tf.cast(self.table.lookup(item_ids), tf.int32)  # every input item, not only the context window
         ids = tf.pad(ids, [[0, 0], [0, 1]])  # a free slot: tasks may write [MASK]/[SEP] at `lengths`
         scores = exclude_reserved(self.task.serve_scores(ids, lengths))
         if exclude_seen:
-            seen = tf.reduce_max(tf.one_hot(ids, tf.shape(scores)[1], dtype=tf.float32), axis=1) > 0
+            rows = tf.broadcast_to(tf.range(tf.shape(all_ids)[0])[:, None], tf.shape(all_ids))
+            seen = tf.scatter_nd(tf.stack([rows, all_ids], axis=-1), tf.ones_like(all_ids), tf.shape(scores)) > 0
             scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0e38), scores)
         top = tf.math.top_k(scores, k=self.top_k)
         return {"top_k_ids": tf.gather(self.id_to_token, top.indices), "top_k_scores": top.values}

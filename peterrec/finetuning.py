@@ -275,6 +275,8 @@ def run(cfg: FinetuneConfig):
     if classify:
         metrics["test"].update(macro_f1(task, inputs.evaluate("test", None)))
         metrics["valid"].update(macro_f1(task, inputs.evaluate("valid", None)))
+    if not trainer.is_chief:
+        return metrics  # multi-worker: only the chief exports and writes metrics
     if result.stopped_on_nan:
         export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
         raise ConfigError(f"training diverged (NaN/Inf loss) at step {result.global_step}; see {model_dir}/metrics.json")

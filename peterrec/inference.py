@@ -11,7 +11,7 @@ from peterrec.errors import ConfigError
 from peterrec.export import load_export
 
 
-def _write_rows(output, sequences, recommend, max_len, top_k, batch_size, progress):
+def _write_rows(output, sequences, recommend, top_k, batch_size, progress):
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".csv")
@@ -21,7 +21,7 @@ def _write_rows(output, sequences, recommend, max_len, top_k, batch_size, progre
             writer.writerow(["user", "rank", "item", "score"])
             for start in range(0, len(sequences), batch_size):
                 batch = sequences[start : start + batch_size]
-                for seq, rec in zip(batch, recommend([s.items[-max_len:] for s in batch], top_k)):
+                for seq, rec in zip(batch, recommend([s.items for s in batch], top_k)):  # the model keeps the last max_len
                     for rank, (item, score) in enumerate(rec, start=1):
                         writer.writerow([seq.user, rank, item, f"{score:.6g}"])
                 if progress is not None:
@@ -41,7 +41,7 @@ def predict_patches(backbone_export, patch_paths, data, fmt="auto", *, output_di
     outputs = []
     for i, model in enumerate(load_patched(backbone_export, patch_paths)):
         output = os.path.join(output_dir, f"predictions-{i}.csv")
-        _write_rows(output, sequences, lambda seqs, k, m=model: m.recommend(seqs, top_k=k), model.max_len, top_k, batch_size, None)
+        _write_rows(output, sequences, lambda seqs, k, m=model: m.recommend(seqs, top_k=k), top_k, batch_size, None)
         outputs.append(output)
     return {"users": len(sequences), "outputs": outputs}
 
@@ -49,7 +49,8 @@ def predict_patches(backbone_export, patch_paths, data, fmt="auto", *, output_di
 def predict_file(export_path, data, fmt="auto", *, output, top_k=10, exclude_seen=False, batch_size=256, progress=None):
     """Write ``user,rank,item,score`` rows (rank 1 = best) for every user of ``data``.
 
-    The user's whole history (most recent ``max_len`` items) is the context;
+    The user's whole history is sent (the model keeps the most recent ``max_len`` items as context;
+    ``exclude_seen`` excludes every item of the history);
     unknown items map to OOV as in the serving signature. The CSV is written
     to a temporary file and renamed, so a reader never sees half of it.
     Returns ``{"users": n, "oov_items": m, "output": path}``.
@@ -62,5 +63,5 @@ def predict_file(export_path, data, fmt="auto", *, output, top_k=10, exclude_see
     known = set(loaded.vocab.tokens)
     oov = sum(1 for seq in sequences for item in seq.items if item not in known)
     recommend = lambda seqs, k: loaded.recommend(seqs, top_k=k, exclude_seen=exclude_seen)  # noqa: E731
-    _write_rows(output, sequences, recommend, loaded.max_len, top_k, batch_size, progress)
+    _write_rows(output, sequences, recommend, top_k, batch_size, progress)
     return {"users": len(sequences), "oov_items": oov, "output": output}

@@ -11,7 +11,6 @@ import numpy as np
 import tensorflow as tf
 
 from peterrec.errors import ConfigError
-from peterrec.features import NUM_RESERVED
 
 
 def weighted_softmax_ce_sum(logits, labels, weights):
@@ -27,13 +26,14 @@ def weighted_softmax_ce_sum(logits, labels, weights):
 
 
 def unigram_counts(counts, smoothing=1.0):
-    """Sampler weights from item counts: reserved ids get 0, real items ``count + smoothing``.
+    """Sampler weights from item counts: ``count + smoothing`` for every id.
 
-    The smoothing lets items never seen in training still be drawn as negatives.
+    The smoothing lets items never seen in training be drawn as negatives, and
+    keeps the expected count of a reserved label (PAD under ``--pad_as_item``,
+    OOV under ``--vocab_from``) above 0, where the log-Q correction would be
+    ``log 0``. Reserved ids have count 0, so they are drawn rarely.
     """
-    weights = np.asarray(counts, dtype=np.float64) + smoothing
-    weights[:NUM_RESERVED] = 0.0
-    return weights.tolist()
+    return (np.asarray(counts, dtype=np.float64) + smoothing).tolist()
 
 
 def sampled_softmax_sum(weights, biases, hidden, labels, sample_weight, num_sampled, unigrams, seed=None):

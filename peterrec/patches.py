@@ -36,12 +36,11 @@ import peterrec.registry  # noqa: F401  (registers the classes patch configs nam
 from peterrec import export
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ExportError
-from peterrec.features import SEP_ID
 
 PATCH_DIR = "patch"
 PATCH_FILE = "patch.npz"
 PATCH_CONFIG = "patch.json"
-SEP_ROW_KEY = "item_embedding/embeddings[SEP]"
+SEP_ROW_KEY = "item_embedding/embeddings[separator]"
 
 
 def _sha256_file(path):
@@ -68,7 +67,7 @@ def trained_arrays(task):
     table = task.backbone.embedding.embeddings
     for weight in task.trainable_weights:
         if task.finetune_mode == "finecls" and weight.path == table.path:
-            arrays[SEP_ROW_KEY] = np.asarray(weight.numpy()[SEP_ID])
+            arrays[SEP_ROW_KEY] = np.asarray(weight.numpy()[task.separator_id])
         else:
             arrays[weight.path] = np.asarray(weight.numpy())
     return arrays
@@ -154,7 +153,7 @@ def load_patch(backbone_export, patch_path):
     for name, value in arrays.items():
         if name == SEP_ROW_KEY:
             table = task.backbone.embedding.embeddings
-            table.assign(tf.tensor_scatter_nd_update(table, [[SEP_ID]], value[None, :]))
+            table.assign(tf.tensor_scatter_nd_update(table, [[task.separator_id]], value[None, :]))
         elif name in by_path:
             by_path[name].assign(value)
         else:

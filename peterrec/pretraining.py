@@ -244,6 +244,8 @@ def run(cfg: PretrainConfig):
         "data": {"set_dir": set_dir, "vocab_size": vocab.size, "vocab_hash": vocab.hash, "counts": metadata.get("counts", {})},
         "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
     }
+    if not trainer.is_chief:
+        return metrics  # multi-worker: only the chief exports and writes metrics
     if result.stopped_on_nan:
         export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
         raise ConfigError(f"training diverged (NaN/Inf loss) at step {result.global_step}; see {model_dir}/metrics.json")

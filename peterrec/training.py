@@ -27,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
+import weakref
 from typing import Callable
 
 import keras
@@ -88,6 +90,15 @@ class TrainResult:
     stopped_on_nan: bool
 
 
+def is_chief(strategy):
+    """Whether this process writes the job's outputs (always, except non-chief multi-worker tasks)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None) or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+
+
 def variable_dict(variables, strip_scope=False):
     """``{path: tf.Variable}`` with unique, stable keys (the checkpoint contract).
 
@@ -119,7 +130,9 @@ class Trainer:
     def __init__(self, task_fn, inputs: TrainInputs, model_dir, config: TrainConfig, strategy=None, callbacks=()):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.inputs = inputs
-        self.model_dir = model_dir
+        self.is_chief = is_chief(self.strategy)
+        # Under multi-worker every worker saves (the collectives need it), but only the chief into model_dir.
+        self.model_dir = model_dir if self.is_chief else tempfile.mkdtemp(prefix="peterrec-worker-")
         self.config = config
         self.extra_callbacks = list(callbacks)
         with self.strategy.scope():
@@ -235,7 +248,7 @@ class Trainer:
         cfg, steps = self.config, self.inputs.steps_per_epoch
         resumed = self.restore()
         callbacks = self._callbacks(steps)
-        history, stopped_nan = [], False
+        stopped_nan = False
         start_epoch = int(self.epoch.numpy())
         skip = int(self.global_step.numpy()) - start_epoch * steps
         if resumed and cfg.verbose:
@@ -258,11 +271,12 @@ class Trainer:
             if not graph_written:
                 self._write_graph(iterator)
                 graph_written = True
-            t0, epoch_positions, loss = time.perf_counter(), 0.0, float("nan")
+            t0, epoch_positions, epoch_loss = time.perf_counter(), 0.0, 0.0
             for batch_index in range(skip, steps):
                 callbacks.on_train_batch_begin(batch_index)
                 loss_t, count = self._train_step(iterator)
-                loss, epoch_positions = float(loss_t), epoch_positions + float(count)
+                loss, count = float(loss_t), float(count)
+                epoch_positions, epoch_loss = epoch_positions + count, epoch_loss + loss * count
                 callbacks.on_train_batch_end(batch_index, {"loss": loss})
                 if self.task.stop_training:
                     stopped_nan = True
@@ -281,7 +295,8 @@ class Trainer:
             train_seconds += elapsed
             trained_positions += epoch_positions
             valid = self.evaluate("valid")
-            logs = {"loss": loss, **{f"val_{k}": v for k, v in valid.items() if k != "users"}}
+            # the epoch's mean loss over its positions (the progress bar shows the running mean)
+            logs = {"loss": epoch_loss / max(epoch_positions, 1e-9), **{f"val_{k}": v for k, v in valid.items() if k != "users"}}
             logs["positions_per_second"] = epoch_positions / max(elapsed, 1e-9)
             logs["learning_rate"] = float(self.optimizer.learning_rate.numpy())
             improved = valid[cfg.monitor] > float(self.best_value.numpy())
@@ -290,7 +305,7 @@ class Trainer:
                 self.best_epoch.assign(epoch)
                 self.best_manager.save(checkpoint_number=epoch)
             callbacks.on_epoch_end(epoch, logs)
-            history.append({"epoch": epoch + 1, **logs, "seconds": elapsed})
+            self._append_history([{"epoch": epoch + 1, **logs, "seconds": elapsed}])
             self.wait.assign(self.early_stopping.wait)
             self.epoch.assign(epoch + 1)
             self.manager.save(check_interval=False)
@@ -301,7 +316,6 @@ class Trainer:
         best_epoch = int(self.best_epoch.numpy())
         if best_epoch >= 0:
             self.best_checkpoint.restore(self.best_manager.latest_checkpoint).assert_existing_objects_matched()
-        self._append_history(history)
         return TrainResult(
             best_epoch=best_epoch + 1,
             best_valid={},
@@ -318,6 +332,8 @@ class Trainer:
         return os.path.join(self.model_dir, "history.jsonl")
 
     def _append_history(self, rows):
+        if not self.is_chief:
+            return
         with open(self._history_path(), "a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -341,6 +357,28 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
     strategy = strategy or tf.distribute.get_strategy()
     names = ranking.metric_names(ks)
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    step = _eval_step(scorer, strategy, protocol, num_negatives, tuple(ks), seed)
+    total, count = np.zeros(len(names)), 0.0
+    for i, batch in enumerate(dataset):
+        sums, n = step(batch, tf.constant(i, tf.int32))
+        total += sums.numpy()
+        count += float(n)
+    return ranking.summarise(dict(zip(names, total)), count) | {"users": int(count)}
+
+
+_EVAL_STEPS = weakref.WeakKeyDictionary()  # scorer -> {settings: tf.function}, so each epoch reuses one trace
+
+
+def _eval_step(scorer, strategy, protocol, num_negatives, ks, seed):
+    cache = _EVAL_STEPS.setdefault(scorer, {})
+    key = (id(strategy), protocol, num_negatives, ks, seed)
+    if key not in cache:
+        cache[key] = _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed)
+    return cache[key]
+
+
+def _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed):
+    names = ranking.metric_names(ks)
 
     def metric_sums(batch, batch_index):
         scores = ranking.exclude_reserved(scorer.eval_scores(batch))
@@ -358,7 +396,7 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
         sums = tf.cond(size > 0, lambda: metric_sums(batch, batch_index), lambda: tf.zeros([len(names)]))
         return sums, tf.cast(size, tf.float32)
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def step(batch, batch_index):
         sums, count = strategy.run(replica_step, args=(batch, batch_index))
         return (
@@ -366,12 +404,7 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
             strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None),
         )
 
-    total, count = np.zeros(len(names)), 0.0
-    for i, batch in enumerate(dataset):
-        sums, n = step(batch, tf.constant(i, tf.int32))
-        total += sums.numpy()
-        count += float(n)
-    return ranking.summarise(dict(zip(names, total)), count) | {"users": int(count)}
+    return step
 
 
 class PopularityScorer:

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SEP_ID
+from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, NUM_RESERVED, PAD_ID, SEP_ID
 from peterrec.layers.dilated_block import conv_initializer
 
 LOSSES = ("bce", "bpr")
@@ -99,6 +99,12 @@ class TransferTask(keras.Model):
 
     # ------------------------------------------------------------------ user vectors
     @property
+    def separator_id(self):
+        """The pooled token: SEP after the items (causal, never seen in pretraining, as the
+        original's [TCL]); GRec's trained [MASK] before and after them (non-causal, as the original's id 0)."""
+        return SEP_ID if self.backbone.causal else MASK_ID
+
+    @property
     def context_slots(self):
         """Separator tokens the task adds around the source items (1 causal, 2 non-causal)."""
         return 1 if self.backbone.causal else 2
@@ -112,10 +118,10 @@ class TransferTask(keras.Model):
             ids = tf.concat([item_ids, pad], axis=1)
             sep_at = lengths
         else:
-            ids = tf.concat([tf.fill([batch, 1], SEP_ID), item_ids, pad], axis=1)
+            ids = tf.concat([tf.fill([batch, 1], self.separator_id), item_ids, pad], axis=1)
             sep_at = lengths + 1
         positions = tf.range(tf.shape(ids)[1])[None, :]
-        ids = tf.where(positions == sep_at[:, None], SEP_ID, ids)
+        ids = tf.where(positions == sep_at[:, None], self.separator_id, ids)
         hidden = self.backbone(ids, training=training)
         user = tf.gather(hidden, sep_at, axis=1, batch_dims=1)
         if not self.backbone.causal:
@@ -160,7 +166,7 @@ class TransferTask(keras.Model):
         return -tf.reduce_sum(tf.math.log_sigmoid(s_pos) + tf.math.log_sigmoid(-s_neg))
 
     def transform_gradients(self, grads, variables):
-        """FineCLS: of the source embeddings only the SEP row learns."""
+        """FineCLS: of the source embeddings only the separator's row learns."""
         if self.finetune_mode != "finecls":
             return grads
         table = self.backbone.embedding.embeddings
@@ -168,7 +174,7 @@ class TransferTask(keras.Model):
         for grad, var in zip(grads, variables):
             if var is table or getattr(var, "path", None) == table.path:
                 grad = tf.convert_to_tensor(grad)
-                keep = tf.cast(tf.range(tf.shape(grad)[0]) == SEP_ID, grad.dtype)[:, None]
+                keep = tf.cast(tf.range(tf.shape(grad)[0]) == self.separator_id, grad.dtype)[:, None]
                 grad = grad * keep
             out.append(grad)
         return out
