@@ -12,7 +12,7 @@ import tensorflow as tf
 from peterrec import export, finetuning, patches, pretraining
 from peterrec.data import finetune_dataset
 from peterrec.errors import ConfigError, DataError, ExportError
-from peterrec.features import ITEM_IDS, LENGTHS, NUM_RESERVED
+from peterrec.features import ITEM_IDS, LENGTHS, MASK_ID, NUM_RESERVED
 from peterrec.tasks.transfer import lambdafm_probabilities
 from peterrec.training import evaluate
 
@@ -129,6 +129,7 @@ def test_baseline_modes_train_the_right_weights(small_world, pretrained, mode):
         assert changed == {"item_embedding/embeddings"}
         diff_rows = np.flatnonzero(np.any(after["item_embedding/embeddings"] != before["item_embedding/embeddings"], axis=1))
         assert diff_rows.tolist() == [3]  # only the separator's row
+        assert metrics["trainable_params"] == 16 + metrics["data"]["target_vocab_size"] * 16
     else:  # scratch: random init, nothing equals the pretrained weights
         assert len(changed) == len(before)
     assert not any("/patch" in p for p in after)
@@ -236,3 +237,4 @@ def test_non_causal_grec_backbone_finetunes(small_world, tmp_path_factory, inser
     assert "checkpoints" not in metrics["export_dir"] and np.isfinite(metrics["test"]["mrr@5"])
     loaded = export.load_export(metrics["export_dir"])
     assert loaded.task.context_slots == 2 and not loaded.task.backbone.causal
+    assert loaded.task.separator_id == MASK_ID  # pooled on GRec's trained [MASK], as the original's id 0
