@@ -24,11 +24,9 @@ flags.DEFINE_enum("insertion", "serial", ["serial", "parallel"], "Where the mode
 flags.DEFINE_enum("finetune_mode", "peterrec", ["peterrec", "fineall", "finelast", "finecls", "scratch"], "What is trained.")
 flags.DEFINE_integer("patch_dim", None, "Patch bottleneck width (default: channels / 4).", lower_bound=1)
 flags.DEFINE_bool("patch_zero_init", False, "Zero-initialise the patches' up-projection (serial = exact pretrained function at init).")
-flags.DEFINE_enum("finetune_loss", None, ["bce", "bpr"], "bce: 1 negative (default with --sampler uniform); bpr (default with --sampler lambdafm).")
 flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task.")
 flags.DEFINE_float("rho", 0.3, "LambdaFM popularity-rank sampler parameter.", lower_bound=1e-6)
 flags.DEFINE_float("l2", 0.01, "L2 weight on the target table.", lower_bound=0.0)
-flags.DEFINE_enum("eval", None, ["sampled", "full"], "sampled: 1 + 99 negatives (items default); full: rank over all targets.")
 flags.DEFINE_float("max_oov_share", 0.5, "Fail when more source items than this share are unknown to the backbone.", lower_bound=0.0, upper_bound=1.0)
 FLAGS = flags.FLAGS
 
@@ -39,8 +37,6 @@ def config_from_flags():
     names = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name in FLAGS and f.name not in ("max_len", "epochs", "data")]
     kwargs = common.common_kwargs(names)
     kwargs.update(
-        loss=FLAGS.finetune_loss,
-        eval_protocol=FLAGS.eval,
         tf_config=os.environ.get("TF_CONFIG"),
         data=FLAGS.data,
         epochs=FLAGS.epochs if FLAGS["epochs"].present else 20,

@@ -80,7 +80,15 @@ def define_train_flags():
     flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation MRR@10.", lower_bound=0)
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step (not with sampled softmax).")
     flags.DEFINE_integer("checkpoint_every_steps", 500, "Save a resumable checkpoint every N steps (0: epoch ends only).", lower_bound=0)
-    flags.DEFINE_enum("eval_protocol", "full", ["full", "sampled"], "full ranking over all items, or 1 target + 99 sampled negatives.")
+    flags.DEFINE_enum(
+        "eval_protocol", None, ["full", "sampled"],
+        "full: rank over all items (pretraining default); sampled: 1 target + 99 uniform negatives (finetuning items default).",
+    )
+    flags.DEFINE_enum(
+        "loss", None, ["full_softmax", "sampled_softmax", "bce", "bpr"],
+        "Pretraining: full_softmax (default) or sampled_softmax. Finetuning: bce with 1 negative (default) or bpr "
+        "(default with --sampler lambdafm).",
+    )
     flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc address (--strategy tpu).")
     flags.DEFINE_integer("top_k", 50, "Number of items the exported serving signature returns.", lower_bound=1)
@@ -95,7 +103,6 @@ def define_model_flags():
     flags.DEFINE_list("dilations", ["1", "4", "1", "4", "1", "4", "1", "4"], "First dilation of each residual block.")
     flags.DEFINE_integer("kernel_size", 3, "Convolution kernel width.", lower_bound=1)
     flags.DEFINE_float("dropout", 0.0, "Dropout on embeddings and residual branches (0 = original).", lower_bound=0.0, upper_bound=0.99)
-    flags.DEFINE_enum("loss", "full_softmax", ["full_softmax", "sampled_softmax"], "Output layer and loss.")
     flags.DEFINE_float("sampled_fraction", 0.2, "Share of the vocabulary drawn per batch by sampled softmax.", lower_bound=0.0)
     flags.DEFINE_bool("pad_as_item", False, "Fidelity: left-pad windows and train on pad positions as the original does.")
 
@@ -114,8 +121,11 @@ def int_list(values, flag):
 
 
 def common_kwargs(names):
-    """``{name: FLAGS.name}`` for the given flag names (those a config dataclass accepts)."""
-    out = {name: FLAGS[name].value for name in names}
+    """``{name: FLAGS.name}`` for the given flag names (those a config dataclass accepts).
+
+    Flags left at a ``None`` default are omitted, so the config's own default applies.
+    """
+    out = {name: FLAGS[name].value for name in names if FLAGS[name].value is not None or FLAGS[name].present}
     if out.get("verbose") == 1 and not sys.stdout.isatty():
         out["verbose"] = 2  # a progress bar redrawn with \r floods logs
     return out
