@@ -98,6 +98,8 @@ def load_backbone_export(path):
     config = export.read_config(export_dir)
     if "backbone" not in config or not os.path.exists(os.path.join(export_dir, export.BACKBONE_WEIGHTS)):
         raise ExportError(f"--pretrained {path}: {export_dir} has no backbone to finetune (config kind {config.get('kind')!r})")
+    if config["backbone"].get("class_name") != "NextItNetBackbone":
+        raise ExportError(f"--pretrained {path}: backbone {config['backbone'].get('class_name')!r} cannot be patched (NextItNet/GRec only)")
     if config.get("kind") == "finetune":
         raise ExportError(f"--pretrained {path}: {export_dir} is a finetuned model; pass the pretraining export instead")
     vocab = Vocabulary.load(os.path.join(export_dir, export.VOCAB_FILE))

@@ -14,7 +14,12 @@ from peterrec.training import TrainConfig
 
 JOB_CONFIG = "job_config.json"
 # Fields that may change between a run and its resumption without invalidating checkpoints.
-RESUMABLE_FIELDS = {"epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size"}
+# (the data's identity is compared through the content-hashed TFRecord set name and the vocabulary hash,
+# not through the path it was given by)
+RESUMABLE_FIELDS = {
+    "epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size",
+    "top_k", "data", "tfrecord_dir", "model_dir", "pretrained",
+}
 
 
 @dataclasses.dataclass

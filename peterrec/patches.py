@@ -137,8 +137,15 @@ class PatchedModel:
 def load_patch(backbone_export, patch_path):
     """Rebuild one finetuned task: the export's frozen backbone + the patch's variables."""
     patch_dir = _latest(patch_path)
-    with open(os.path.join(patch_dir, PATCH_CONFIG)) as f:
-        config = json.load(f)
+    path = os.path.join(patch_dir, PATCH_CONFIG)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        missing = [key for key in ("task", "backbone", "max_len", "finetune_mode") if key not in config]
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExportError(f"cannot read {path}: {err}") from err
+    if missing or config.get("kind") != "patch":
+        raise ExportError(f"{path} is not a patch artifact (kind {config.get('kind')!r}, missing {missing})")
     export_dir = export.latest_export(backbone_export)
     reference = backbone_reference(export_dir)
     if reference != config["backbone"]:

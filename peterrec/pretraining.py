@@ -44,7 +44,7 @@ from peterrec.training import PopularityScorer, Trainer, TrainInputs
 
 BACKBONES = ("nextitnet", "grec")
 # Fields only the GRec encoder uses: left out of other backbones' job_config.json (so their old runs still resume).
-GREC_FIELDS = ("mask_prob", "max_predictions")
+GREC_FIELDS = ("mask_prob", "max_predictions", "positional_embedding")
 
 
 @dataclasses.dataclass
@@ -77,6 +77,7 @@ class PretrainConfig(JobConfig):
     # GRec encoder (backbone "grec") masking: share of each chunk's items masked, at most max_predictions
     mask_prob: float = 0.3
     max_predictions: int = 30
+    positional_embedding: bool = False  # GRec only: concatenated learned positions (the original's flag, default off)
     # training (the shared settings are JobConfig's)
     max_len: int = 50
     stride: int = 10
@@ -99,6 +100,8 @@ class PretrainConfig(JobConfig):
             check(0.0 < self.mask_prob <= 1.0, "mask_prob", f"must be in (0, 1], got {self.mask_prob}")
             check(self.max_predictions >= 1, "max_predictions", f"must be >= 1, got {self.max_predictions}")
             check(not self.pad_as_item, "pad_as_item", "is not supported with --backbone grec (cloze chunks are right-padded)")
+        else:
+            check(not self.positional_embedding, "positional_embedding", "is a GRec option (NextItNet has no positional embedding)")
         losses.check_jit_compatible(self.loss, self.jit_compile)
 
 
@@ -195,6 +198,7 @@ def build_task(cfg, vocab):
         causal=not grec,
         dropout=cfg.dropout,
         mask_padding=not cfg.pad_as_item,
+        max_positions=cfg.max_len + 1 if cfg.positional_embedding else 0,
     )
     task_class = MaskedItemTask if grec else NextItemTask
     return task_class(backbone, loss=cfg.loss, item_counts=vocab.counts, sampled_fraction=cfg.sampled_fraction)

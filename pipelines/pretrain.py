@@ -26,6 +26,7 @@ flags.DEFINE_enum(
     "backbone", "nextitnet", ["nextitnet", "grec"],
     "Backbone to pretrain. nextitnet: causal, next-item objective; grec: the GRec encoder (non-causal), masked-item objective.",
 )
+flags.DEFINE_bool("positional_embedding", False, "--backbone grec: concatenate learned positional embeddings (original's option).")
 flags.DEFINE_float("mask_prob", 0.3, "--backbone grec: share of each chunk's items masked.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("max_predictions", 30, "--backbone grec: most masked items per chunk.", lower_bound=1)
 FLAGS = flags.FLAGS

@@ -237,3 +237,24 @@ def test_bad_grec_settings_name_the_flag(tmp_path, overrides, flag):
     with pytest.raises(ConfigError, match=flag):
         pretraining.run(_config(tmp_path, "unused.inter", "bad", **overrides))
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_positional_embedding_is_concatenated_and_trains(small_world, tmp_path):
+    import keras as _keras
+
+    from peterrec.backbones.nextitnet import NextItNetBackbone
+
+    backbone = NextItNetBackbone(50, 8, [1, 2], causal=False, max_positions=10)
+    out = backbone(np.array([[5, 6, 7, 0, 0]], dtype="int32"))
+    assert out.shape == (1, 5, 16) and backbone.output_dim == 16
+    assert "position_embedding/embeddings" in [w.path for w in backbone.weights]
+    clone = _keras.saving.deserialize_keras_object(_keras.saving.serialize_keras_object(backbone))
+    clone.set_weights(backbone.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(np.array([[5, 6, 7, 0, 0]], dtype="int32"))), np.asarray(out), atol=1e-6)
+    cfg = pretraining.PretrainConfig(backbone="grec", positional_embedding=True, data=str(small_world / "source.inter"),
+                                     tfrecord_dir=str(tmp_path / "tfr"), model_dir=str(tmp_path / "pos"), embedding_dim=16,
+                                     dilations=(1, 4), max_len=20, epochs=1, verbose=0, num_shards=2)
+    metrics = pretraining.run(cfg)
+    assert np.isfinite(metrics["valid"]["mrr@10"])
+    with pytest.raises(ConfigError, match="positional_embedding"):
+        pretraining.run(pretraining.PretrainConfig(positional_embedding=True, model_dir=str(tmp_path / "bad")))

@@ -10,6 +10,7 @@ from keras import ops
 
 from peterrec.features import PAD_ID
 from peterrec.layers.dilated_block import DilatedResidualBlock, conv_initializer
+from peterrec.layers.position import ConcatPositionEmbedding
 
 DEFAULT_DILATIONS = (1, 4, 1, 4, 1, 4, 1, 4)
 FINETUNE_MODES = ("peterrec", "fineall", "finelast", "scratch", "frozen")
@@ -49,6 +50,10 @@ class NextItNetBackbone(keras.Model):
             serial-patched backbone loaded with :meth:`load_pretrained`
             computes exactly the pretrained function (ours; the original uses
             truncated normal sd 0.02, which is only approximately so).
+        max_positions: if > 0, a learned ``[max_positions, C]`` positional
+            table is concatenated to the item embeddings (the original GRec's
+            ``--has_positionalembedding``), so the blocks are ``2C`` wide
+            (``output_dim``). 0 (default) = no positional embedding.
 
     Finetuning (PeterRec, docs/peterrec.md section 4.3): build the patched
     backbone, copy the pretrained weights with :meth:`load_pretrained` (every
@@ -88,15 +93,18 @@ class NextItNetBackbone(keras.Model):
         patch_mode=None,
         patch_dim=None,
         patch_zero_init=False,
+        max_positions=0,
         **kwargs,
     ):
         # === Layers ===
         embedding = keras.layers.Embedding(
             vocabulary_size, embedding_dim, embeddings_initializer=conv_initializer(), name="item_embedding"
         )
+        positions = ConcatPositionEmbedding(max_positions, embedding_dim, name="position_embedding") if max_positions else None
+        width = embedding_dim * (2 if positions is not None else 1)
         blocks = [
             DilatedResidualBlock(
-                embedding_dim,
+                width,
                 d,
                 kernel_size,
                 causal=causal,
@@ -114,6 +122,8 @@ class NextItNetBackbone(keras.Model):
         item_ids = keras.Input(shape=(None,), dtype="int32", name="item_ids")
         x = embedding(item_ids)
         mask = ops.expand_dims(ops.cast(ops.not_equal(item_ids, PAD_ID), x.dtype), -1) if mask_padding else None
+        if positions is not None:
+            x = positions(x)
         if input_dropout is not None:
             x = input_dropout(x)
         for block in blocks:
@@ -134,6 +144,8 @@ class NextItNetBackbone(keras.Model):
         self.patch_mode = patch_mode
         self.patch_dim = blocks[0].patch_dim if blocks else patch_dim
         self.patch_zero_init = bool(patch_zero_init)
+        self.max_positions = int(max_positions)
+        self.output_dim = width
         self.embedding = embedding
         self.blocks = blocks
 
@@ -155,6 +167,7 @@ class NextItNetBackbone(keras.Model):
             "patch_mode": self.patch_mode,
             "patch_dim": self.patch_dim,
             "patch_zero_init": self.patch_zero_init,
+            "max_positions": self.max_positions,
         }
 
     @classmethod

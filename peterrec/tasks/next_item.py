@@ -43,7 +43,7 @@ class NextItemTask(keras.Model):
         self.loss_name = loss
         self.sampled_fraction = float(sampled_fraction)
         vocab = backbone.vocabulary_size
-        channels = backbone.embedding_dim
+        channels = getattr(backbone, "output_dim", backbone.embedding_dim)
         if loss == "full_softmax":
             self.head = keras.layers.Dense(vocab, kernel_initializer=conv_initializer(), name="logits")
             self.head.build((None, channels))

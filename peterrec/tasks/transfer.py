@@ -48,7 +48,7 @@ class TransferTask(keras.Model):
     ``l2_regularizer(0.02)``).
 
     Args:
-        backbone: an encoder with ``causal`` and ``embedding_dim``.
+        backbone: an encoder with ``causal`` and ``output_dim`` (its hidden width).
         num_targets: target table size (reserved ids included).
         task_type: "items" (cold-start / cross-domain items) or "classify".
         loss, sampler, rho: see above; ``target_counts`` feeds the lambdafm sampler.
@@ -85,7 +85,7 @@ class TransferTask(keras.Model):
         self.finetune_mode = finetune_mode
         self.target_embedding = keras.layers.Embedding(
             self.num_targets,
-            backbone.embedding_dim,
+            getattr(backbone, "output_dim", backbone.embedding_dim),
             embeddings_initializer=conv_initializer(),
             embeddings_regularizer=keras.regularizers.L2(self.l2) if self.l2 else None,
             name="target_embedding",
