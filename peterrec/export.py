@@ -138,6 +138,22 @@ class ServingModule(tf.Module):
         return self._top_k(item_ids, exclude_seen=True)
 
 
+def write_version(root, fill):
+    """Create ``<root>/<next integer>/`` atomically: ``fill(tmp_dir)`` writes into a temporary
+    sibling, which is renamed into place only when it returns; on any error nothing is left."""
+    os.makedirs(root, exist_ok=True)
+    version = (versions(root) or [0])[-1] + 1
+    tmp = tempfile.mkdtemp(dir=root, prefix=f".tmp-{version}-")
+    try:
+        fill(tmp)
+        final = os.path.join(root, str(version))
+        os.rename(tmp, final)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export_model(
     task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain", output_vocab=None
 ):
@@ -147,11 +163,7 @@ def export_model(
     (target items or classes), saved as ``target_vocab.json``; the serving
     signature then returns its tokens and has no ``top_k_exclude_seen``.
     """
-    export_root = os.path.join(model_dir, EXPORT_DIR)
-    os.makedirs(export_root, exist_ok=True)
-    version = (versions(export_root) or [0])[-1] + 1
-    tmp = tempfile.mkdtemp(dir=export_root, prefix=f".tmp-{version}-")
-    try:
+    def fill(tmp):
         module = ServingModule(task, vocab, max_len, top_k, output_vocab)
         signatures = {"serving_default": module.serve}
         if output_vocab is None:
@@ -181,12 +193,8 @@ def export_model(
         }
         write_json(os.path.join(tmp, CONFIG_FILE), config)
         write_json(os.path.join(tmp, METRICS_FILE), metrics or {})
-        final = os.path.join(export_root, str(version))
-        os.rename(tmp, final)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    return write_version(os.path.join(model_dir, EXPORT_DIR), fill)
 
 
 def _plain_config(model):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import keras
 import numpy as np
@@ -28,9 +27,9 @@ from peterrec.data import convert, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
-from peterrec.jobs import JobConfig, check, check_job_config, count_params, plot_history
+from peterrec.jobs import JobConfig, check, check_job_config, count_params, evaluate_splits, plot_history
 from peterrec.tasks.transfer import LOSSES, SAMPLERS, TASK_TYPES, TransferTask
-from peterrec.training import PopularityScorer, Trainer, TrainInputs
+from peterrec.training import Trainer, TrainInputs
 
 MODES = ("peterrec", "fineall", "finelast", "finecls", "scratch")
 INSERTIONS = ("serial", "parallel")
@@ -245,16 +244,13 @@ def run(cfg: FinetuneConfig):
     result = trainer.fit()
     task = trainer.task
 
-    t0 = time.perf_counter()
-    valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
-    eval_seconds = time.perf_counter() - t0
-    popularity = PopularityScorer(target_vocab.counts)
+    valid, test, popularity, eval_seconds = evaluate_splits(trainer, target_vocab.counts)
     pretrained_params = count_params([w for w in task.backbone.weights if "/patch" not in w.path])
     trainable = sum(int(np.prod(a.shape)) for a in patches.trained_arrays(task).values())  # FineCLS: one embedding row
     metrics = {
         "valid": valid,
         "test": test,
-        "popularity": {"valid": trainer.evaluate("valid", popularity), "test": trainer.evaluate("test", popularity)},
+        "popularity": popularity,
         "task": cfg.task,
         "finetune_mode": cfg.finetune_mode,
         "insertion": cfg.insertion if cfg.finetune_mode == "peterrec" else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import numpy as np
 
@@ -50,6 +51,18 @@ class JobConfig:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
         return TrainConfig(**(values | overrides))
+
+
+def evaluate_splits(trainer, popularity_counts):
+    """Validation and test metrics of the trainer's (best) task and of popularity on the same rows."""
+    from peterrec.training import PopularityScorer
+
+    t0 = time.perf_counter()
+    valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
+    seconds = time.perf_counter() - t0
+    popularity = PopularityScorer(popularity_counts)
+    baseline = {"valid": trainer.evaluate("valid", popularity), "test": trainer.evaluate("test", popularity)}
+    return valid, test, baseline, seconds
 
 
 def check(ok, flag, message):

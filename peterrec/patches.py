@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -75,11 +73,8 @@ def trained_arrays(task):
 
 def save_patch(task, model_dir, backbone_export_dir, target_vocab: Vocabulary, *, max_len, metrics=None):
     """Write ``<model_dir>/patch/<version>/`` atomically; returns its path."""
-    root = os.path.join(model_dir, PATCH_DIR)
-    os.makedirs(root, exist_ok=True)
-    version = (export.versions(root) or [0])[-1] + 1
-    tmp = tempfile.mkdtemp(dir=root, prefix=f".tmp-{version}-")
-    try:
+
+    def fill(tmp):
         arrays = trained_arrays(task)
         np.savez(os.path.join(tmp, PATCH_FILE), **arrays)
         target_vocab.save(os.path.join(tmp, export.TARGET_VOCAB_FILE))
@@ -97,12 +92,8 @@ def save_patch(task, model_dir, backbone_export_dir, target_vocab: Vocabulary, *
             "metrics": {k: (metrics or {}).get(k) for k in ("test", "trainable_params", "pretrained_backbone_params")},
         }
         export.write_json(os.path.join(tmp, PATCH_CONFIG), config)
-        final = os.path.join(root, str(version))
-        os.rename(tmp, final)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    return export.write_version(os.path.join(model_dir, PATCH_DIR), fill)
 
 
 def _latest(path):

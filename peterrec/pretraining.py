@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import keras
 import tensorflow as tf
@@ -39,8 +38,8 @@ from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
 from peterrec.tasks.masked_item import MaskedItemTask
 from peterrec.tasks.next_item import LOSSES, NextItemTask
-from peterrec.jobs import JobConfig, check, check_job_config, count_params, plot_history
-from peterrec.training import PopularityScorer, Trainer, TrainInputs
+from peterrec.jobs import JobConfig, check, check_job_config, count_params, evaluate_splits, plot_history
+from peterrec.training import Trainer, TrainInputs
 
 BACKBONES = ("nextitnet", "grec")
 # Fields only the GRec encoder uses: left out of other backbones' job_config.json (so their old runs still resume).
@@ -224,14 +223,11 @@ def run(cfg: PretrainConfig):
     result = trainer.fit()
     task = trainer.task
 
-    t0 = time.perf_counter()
-    valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
-    eval_seconds = time.perf_counter() - t0
-    popularity = PopularityScorer(vocab.counts)
+    valid, test, popularity, eval_seconds = evaluate_splits(trainer, vocab.counts)
     metrics = {
         "valid": valid,
         "test": test,
-        "popularity": {"valid": trainer.evaluate("valid", popularity), "test": trainer.evaluate("test", popularity)},
+        "popularity": popularity,
         "selected_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "global_step": result.global_step,
