@@ -57,9 +57,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--mode_learning_rates", default="", help="per-mode overrides, e.g. fineall=1e-4,scratch=1e-4")
     parser.add_argument("--work_dir", default="/tmp/peterrec-transfer")
     parser.add_argument("--name", default="transfer")
     args = parser.parse_args()
+    os.chdir(ROOT)  # the default data and checkpoints paths are relative to the repository
+    mode_lr = {k: float(v) for k, v in (item.split("=") for item in args.mode_learning_rates.split(",") if item)}
     backbones = args.backbones.split(",")
     exports = dict(zip(backbones, [p for p in args.pretrained.split(",") if p])) if args.pretrained else {}
     for backbone in backbones:
@@ -76,7 +79,7 @@ def main():
                     model_dir = os.path.join(args.work_dir, f"{backbone}-{mode}-{insertion}-{task}-{seed}")
                     cfg = finetuning.FinetuneConfig(
                         pretrained=exports[backbone], task=task, finetune_mode=mode, insertion=insertion, seed=seed,
-                        epochs=args.epochs, patience=args.patience, learning_rate=args.learning_rate, model_dir=model_dir,
+                        epochs=args.epochs, patience=args.patience, learning_rate=mode_lr.get(mode, args.learning_rate), model_dir=model_dir,
                         verbose=0,
                     )
                     start = time.perf_counter()
@@ -85,7 +88,7 @@ def main():
                               "test": m["test"], "popularity": m["popularity"]["test"], "trainable_params": m["trainable_params"],
                               "pretrained_backbone_params": m["pretrained_backbone_params"], "trainable_ratio": m["trainable_ratio"],
                               "train_wall_seconds": m["train_wall_seconds"], "job_wall_seconds": time.perf_counter() - start,
-                              "selected_epoch": m["selected_epoch"]}
+                              "selected_epoch": m["selected_epoch"], "learning_rate": cfg.learning_rate}
                     raw.append(record)
                     print(json.dumps({k: record[k] for k in ("backbone", "mode", "insertion", "task", "seed")}),
                           {k: round(v, 4) for k, v in m["test"].items() if k in ("mrr@5", "hr@5", "accuracy")}, flush=True)
@@ -98,7 +101,8 @@ def write_results(raw, args):
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump(raw, f, indent=2)
     keys = sorted({(r["backbone"], r["mode"], r["insertion"]) for r in raw}, key=lambda k: (k[0], ["peterrec", "fineall", "finelast", "finecls", "scratch"].index(k[1]), k[2]))
-    lines = [f"# {args.name}", "", f"Seeds {args.seeds}; epochs ≤ {args.epochs} (patience {args.patience}), lr {args.learning_rate}. "
+    lrs = f"lr {args.learning_rate}" + (f" ({args.mode_learning_rates})" if args.mode_learning_rates else "")
+    lines = [f"# {args.name}", "", f"Seeds {args.seeds}; epochs ≤ {args.epochs} (patience {args.patience}), {lrs}. "
              "Items: sampled 1 + 99 (MRR@5, HR@5). Classes: accuracy, macro-F1. mean ± sd over seeds.", "",
              "| backbone | mode | insertion | items MRR@5 | items HR@5 | class accuracy | class macro-F1 | trainable params (items) | ratio | train s (items) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
