@@ -52,6 +52,7 @@ class FinetuneConfig(JobConfig):
     finetune_mode: str = "peterrec"
     patch_dim: int | None = None
     patch_zero_init: bool = False
+    parallel_identity: bool = True  # the original's identity inside parallel patches (False: conv(x) + f(x))
     loss: str | None = None  # default: bce with uniform negatives, bpr with the lambdafm sampler
     sampler: str = "uniform"
     rho: float = 0.3
@@ -116,6 +117,7 @@ def build_backbone(backbone_config, cfg, weights_path):
         patch_mode=cfg.insertion if peterrec_mode else None,
         patch_dim=cfg.patch_dim if peterrec_mode else None,
         patch_zero_init=cfg.patch_zero_init if peterrec_mode else False,
+        parallel_identity=cfg.parallel_identity,
     )
     backbone = NextItNetBackbone(**config)
     if cfg.finetune_mode != "scratch":

@@ -23,6 +23,8 @@ flags.DEFINE_enum("task", "items", ["items", "classify"], "Target items (cold st
 flags.DEFINE_enum("insertion", "serial", ["serial", "parallel"], "Where the model patches go (PeterRec mode).")
 flags.DEFINE_enum("finetune_mode", "peterrec", ["peterrec", "fineall", "finelast", "finecls", "scratch"], "What is trained.")
 flags.DEFINE_integer("patch_dim", None, "Patch bottleneck width (default: channels / 4).", lower_bound=1)
+flags.DEFINE_bool("parallel_identity", True, "Keep the original's identity inside parallel patches; --noparallel_identity "
+                  "computes conv(x) + f(x) (with --patch_zero_init: exactly the pretrained network at init).")
 flags.DEFINE_bool("patch_zero_init", False, "Zero-initialise the patches' up-projection (serial = exact pretrained function at init).")
 flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task.")
 flags.DEFINE_float("rho", 0.3, "LambdaFM popularity-rank sampler parameter.", lower_bound=1e-6)

@@ -233,6 +233,18 @@ def test_parallel_at_init_is_not_the_pretrained_function(zero_init):
     assert np.sqrt(np.mean((np.asarray(patched(ids)) - ref) ** 2)) > 0.1 * ref.std()
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_parallel_without_identity_and_zero_init_is_the_pretrained_function(causal):
+    """--noparallel_identity: conv(x) + f(x); with a zero up-projection f = 0 at init (docs/fidelity.md f9)."""
+    source = _pretrained(causal=causal)
+    patched = _patched(source, "parallel", patch_zero_init=True, parallel_identity=False)
+    ids = _ids()
+    np.testing.assert_allclose(np.asarray(patched(ids)), np.asarray(source(ids)), atol=1e-5)
+    assert not patched.get_layer("block_0").patch1.identity
+    clone = NextItNetBackbone.from_config(patched.get_config())
+    assert clone.get_config()["parallel_identity"] is False
+
+
 # === Serialisation, all four combinations ===
 
 

@@ -14,7 +14,7 @@ from peterrec.layers.position import ConcatPositionEmbedding
 
 DEFAULT_DILATIONS = (1, 4, 1, 4, 1, 4, 1, 4)
 FINETUNE_MODES = ("peterrec", "fineall", "finelast", "scratch", "frozen")
-PATCH_KEYS = ("patch_mode", "patch_dim", "patch_zero_init")
+PATCH_KEYS = ("patch_mode", "patch_dim", "patch_zero_init", "parallel_identity")
 
 
 def receptive_field(dilations, kernel_size=3):
@@ -50,6 +50,8 @@ class NextItNetBackbone(keras.Model):
             serial-patched backbone loaded with :meth:`load_pretrained`
             computes exactly the pretrained function (ours; the original uses
             truncated normal sd 0.02, which is only approximately so).
+        parallel_identity: ``False`` drops the identity inside parallel patches
+            (``conv(x) + f(x)`` instead of the original ``conv(x) + x + f(x)``).
         max_positions: if > 0, a learned ``[max_positions, C]`` positional
             table is concatenated to the item embeddings (the original GRec's
             ``--has_positionalembedding``), so the blocks are ``2C`` wide
@@ -93,6 +95,7 @@ class NextItNetBackbone(keras.Model):
         patch_mode=None,
         patch_dim=None,
         patch_zero_init=False,
+        parallel_identity=True,
         max_positions=0,
         **kwargs,
     ):
@@ -112,6 +115,7 @@ class NextItNetBackbone(keras.Model):
                 patch_mode=patch_mode,
                 patch_dim=patch_dim,
                 patch_zero_init=patch_zero_init,
+                parallel_identity=parallel_identity,
                 name=f"block_{i}",
             )
             for i, d in enumerate(dilations)
@@ -144,6 +148,7 @@ class NextItNetBackbone(keras.Model):
         self.patch_mode = patch_mode
         self.patch_dim = blocks[0].patch_dim if blocks else patch_dim
         self.patch_zero_init = bool(patch_zero_init)
+        self.parallel_identity = bool(parallel_identity)
         self.max_positions = int(max_positions)
         self.output_dim = width
         self.embedding = embedding
@@ -167,6 +172,7 @@ class NextItNetBackbone(keras.Model):
             "patch_mode": self.patch_mode,
             "patch_dim": self.patch_dim,
             "patch_zero_init": self.patch_zero_init,
+            "parallel_identity": self.parallel_identity,
             "max_positions": self.max_positions,
         }
 
@@ -234,7 +240,7 @@ class NextItNetBackbone(keras.Model):
     def _unpatched_twin_from_file(self, filepath):
         """An unpatched copy of this backbone's architecture holding ``filepath``'s weights."""
         config = self.get_config()
-        config.update(patch_mode=None, patch_dim=None, patch_zero_init=False)
+        config.update(patch_mode=None, patch_dim=None, patch_zero_init=False, parallel_identity=True)
         twin = type(self).from_config(config)
         try:
             twin.load_weights(filepath)

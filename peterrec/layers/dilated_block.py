@@ -50,6 +50,10 @@ class DilatedResidualBlock(keras.layers.Layer):
         patch_mode: ``None``, ``"serial"`` or ``"parallel"``.
         patch_dim: patch bottleneck width h; defaults to ``channels // 4``
             (the original's ``C / (4 * cardinality)`` with cardinality 1).
+        parallel_identity: keep the identity inside parallel patches
+            (``conv(x) + x + f(x)``, the original). ``False`` computes
+            ``conv(x) + f(x)``, which with ``patch_zero_init`` is exactly the
+            pretrained block at initialisation (ours; see docs/fidelity.md).
         patch_zero_init: initialise each patch's up-projection to zeros (ours;
             the original uses truncated normal sd 0.02).
 
@@ -85,6 +89,7 @@ class DilatedResidualBlock(keras.layers.Layer):
         patch_mode=None,
         patch_dim=None,
         patch_zero_init=False,
+        parallel_identity=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,6 +109,7 @@ class DilatedResidualBlock(keras.layers.Layer):
             if self.patch_dim <= 0:
                 raise ValueError(f"patch_dim must be positive, got {self.patch_dim} (channels {self.channels})")
         self.patch_zero_init = bool(patch_zero_init)
+        self.parallel_identity = bool(parallel_identity)
         padding = "causal" if causal else "same"
         self.conv1 = self._conv(dilation, padding, "conv1")
         self.ln1 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln1")
@@ -115,8 +121,9 @@ class DilatedResidualBlock(keras.layers.Layer):
         else:
             from peterrec.layers.model_patch import ModelPatch  # here: model_patch imports this module
 
-            self.patch1 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, name="patch1")
-            self.patch2 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, name="patch2")
+            identity = patch_mode == "serial" or self.parallel_identity
+            self.patch1 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, identity, name="patch1")
+            self.patch2 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, identity, name="patch2")
 
     def _conv(self, dilation, padding, name):
         return keras.layers.Conv1D(
@@ -175,5 +182,6 @@ class DilatedResidualBlock(keras.layers.Layer):
             patch_mode=self.patch_mode,
             patch_dim=self.patch_dim,
             patch_zero_init=self.patch_zero_init,
+            parallel_identity=self.parallel_identity,
         )
         return config

@@ -52,11 +52,12 @@ class ModelPatch(keras.layers.Layer):
     github.com/fajieyuan/SIGIR2020_peterrec.
     """
 
-    def __init__(self, channels, bottleneck, zero_init_up=False, **kwargs):
+    def __init__(self, channels, bottleneck, zero_init_up=False, identity=True, **kwargs):
         super().__init__(**kwargs)
         self.channels = int(channels)
         self.bottleneck = int(bottleneck)
         self.zero_init_up = bool(zero_init_up)
+        self.identity = bool(identity)  # False: only the bottleneck (parallel placement without the original's identity)
         if self.channels <= 0 or self.bottleneck <= 0:
             raise ValueError(f"ModelPatch needs positive channels and bottleneck, got {channels} and {bottleneck}")
         # === Layers ===
@@ -78,7 +79,8 @@ class ModelPatch(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, x):
-        return x + self.up(keras.activations.gelu(self.down(x), approximate=True))
+        delta = self.up(keras.activations.gelu(self.down(x), approximate=True))
+        return x + delta if self.identity else delta
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -86,6 +88,6 @@ class ModelPatch(keras.layers.Layer):
     # === Config ===
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, bottleneck=self.bottleneck, zero_init_up=self.zero_init_up)
+        config.update(channels=self.channels, bottleneck=self.bottleneck, zero_init_up=self.zero_init_up, identity=self.identity)
         return config
 
