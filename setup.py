@@ -20,6 +20,7 @@ setup(
     ],
     extras_require={
         "tfds": ["tensorflow-datasets"],
-        "test": ["pytest"],
+        "tune": ["optuna>=3.2"],
+        "test": ["pytest", "optuna>=3.2"],
     },
 )

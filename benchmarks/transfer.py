@@ -37,21 +37,52 @@ def fmt(values, digits=4):
     return "—" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+# Named variants beyond (mode, insertion): extra FinetuneConfig fields and a label suffix.
+VARIANT_OPTIONS = {
+    "noid": {"parallel_identity": False, "patch_zero_init": True},  # parallel: conv(x) + f(x), f = 0 at init (fidelity f9)
+    "warmup3": {"head_warmup_epochs": 3},  # fineall/scratch: 3 epochs of head only, then everything (LP-FT)
+}
+MODE_ORDER = ["peterrec", "fineall", "finelast", "finecls", "scratch"]
+
+
 def variants(modes, insertions):
-    for mode in modes:
+    """Yield (mode, insertion, option) for ``--modes`` entries such as ``fineall`` or ``fineall+warmup3``
+    and ``--insertions`` entries such as ``serial`` or ``parallel+noid``."""
+    for entry in modes:
+        mode, _, option = entry.partition("+")
         if mode == "peterrec":
-            for insertion in insertions:
-                yield mode, insertion
+            for ins in insertions:
+                insertion, _, ins_option = ins.partition("+")
+                yield mode, insertion, ins_option or option
         else:
-            yield mode, "serial"
+            yield mode, "serial", option
+
+
+def label(mode, insertion, option):
+    base = insertion if mode == "peterrec" else "—"
+    return base if not option else (f"{base} +{option}" if mode == "peterrec" else f"+{option}")
+
+
+def load_or_run(cfg, model_dir):
+    """A finished run's metrics.json is reused (the benchmark resumes); otherwise finetune."""
+    path = os.path.join(model_dir, "metrics.json")
+    if os.path.exists(path) and os.path.exists(os.path.join(model_dir, "job_config.json")):
+        with open(path) as f:
+            metrics = json.load(f)
+        if "test" in metrics and "export_dir" in metrics:
+            return metrics, None
+    start = time.perf_counter()
+    metrics = finetuning.run(cfg)
+    return metrics, time.perf_counter() - start
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbones", default="nextitnet")
     parser.add_argument("--pretrained", default="", help="comma-separated exports, one per backbone (default: pretrain here)")
-    parser.add_argument("--modes", default="peterrec,fineall,finelast,finecls,scratch")
-    parser.add_argument("--insertions", default="serial,parallel")
+    parser.add_argument("--modes", default="peterrec,fineall,fineall+warmup3,finelast,finecls,scratch,scratch+warmup3",
+                        help="modes, each optionally +<variant> (see VARIANT_OPTIONS)")
+    parser.add_argument("--insertions", default="serial,parallel,parallel+noid")
     parser.add_argument("--tasks", default="items,classify")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--epochs", type=int, default=20)
@@ -69,41 +100,51 @@ def main():
         if backbone not in exports:
             cfg = pretraining.PretrainConfig(backbone=backbone, model_dir=os.path.join(args.work_dir, f"pretrain-{backbone}"))
             exports[backbone] = pretraining.run(cfg)["export_dir"]
-    rows, raw = [], []
+    raw = previous_records(args.name, backbones)  # other backbones' rows of an earlier invocation stay in the table
     for backbone in backbones:
-        for mode, insertion in variants(args.modes.split(","), args.insertions.split(",")):
-            row = {"backbone": backbone, "mode": mode, "insertion": insertion if mode == "peterrec" else "—"}
+        for mode, insertion, option in variants(args.modes.split(","), args.insertions.split(",")):
             for task in args.tasks.split(","):
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     keras.backend.clear_session()
-                    model_dir = os.path.join(args.work_dir, f"{backbone}-{mode}-{insertion}-{task}-{seed}")
+                    suffix = f"-{option}" if option else ""
+                    model_dir = os.path.join(args.work_dir, f"{backbone}-{mode}-{insertion}{suffix}-{task}-{seed}")
                     cfg = finetuning.FinetuneConfig(
                         pretrained=exports[backbone], task=task, finetune_mode=mode, insertion=insertion, seed=seed,
                         epochs=args.epochs, patience=args.patience, learning_rate=mode_lr.get(mode, args.learning_rate), model_dir=model_dir,
-                        verbose=0,
+                        verbose=0, **VARIANT_OPTIONS.get(option, {}),
                     )
-                    start = time.perf_counter()
-                    m = finetuning.run(cfg)
-                    record = {"backbone": backbone, "mode": mode, "insertion": row["insertion"], "task": task, "seed": seed,
+                    m, job_seconds = load_or_run(cfg, model_dir)
+                    record = {"backbone": backbone, "mode": mode, "insertion": label(mode, insertion, option), "task": task, "seed": seed,
                               "test": m["test"], "popularity": m["popularity"]["test"], "trainable_params": m["trainable_params"],
                               "pretrained_backbone_params": m["pretrained_backbone_params"], "trainable_ratio": m["trainable_ratio"],
-                              "train_wall_seconds": m["train_wall_seconds"], "job_wall_seconds": time.perf_counter() - start,
+                              "train_wall_seconds": m["train_wall_seconds"], "job_wall_seconds": job_seconds,
                               "selected_epoch": m["selected_epoch"], "learning_rate": cfg.learning_rate}
                     raw.append(record)
                     print(json.dumps({k: record[k] for k in ("backbone", "mode", "insertion", "task", "seed")}),
                           {k: round(v, 4) for k, v in m["test"].items() if k in ("mrr@5", "hr@5", "accuracy")}, flush=True)
-            rows.append(row)
+                    write_results(raw, args, quiet=True)  # the table grows as runs finish
     write_results(raw, args)
 
 
-def write_results(raw, args):
+def previous_records(name, backbones):
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [r for r in json.load(f) if r["backbone"] not in backbones]
+
+
+def write_results(raw, args, quiet=False):
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump(raw, f, indent=2)
-    keys = sorted({(r["backbone"], r["mode"], r["insertion"]) for r in raw}, key=lambda k: (k[0], ["peterrec", "fineall", "finelast", "finecls", "scratch"].index(k[1]), k[2]))
+    keys = sorted({(r["backbone"], r["mode"], r["insertion"]) for r in raw}, key=lambda k: (k[0], MODE_ORDER.index(k[1]), k[2]))
     lrs = f"lr {args.learning_rate}" + (f" ({args.mode_learning_rates})" if args.mode_learning_rates else "")
     lines = [f"# {args.name}", "", f"Seeds {args.seeds}; epochs ≤ {args.epochs} (patience {args.patience}), {lrs}. "
-             "Items: sampled 1 + 99 (MRR@5, HR@5). Classes: accuracy, macro-F1. mean ± sd over seeds.", "",
+             "Items: sampled 1 + 99 (MRR@5, HR@5). Classes: accuracy, macro-F1. mean ± sd over seeds. "
+             "Variants: `parallel +noid` = parallel patches without the in-patch identity, zero-initialised (`--noparallel_identity "
+             "--patch_zero_init`); `+warmup3` = 3 epochs training only the new target table before everything unfreezes "
+             "(`--head_warmup_epochs 3`). Train seconds are wall times on a shared 2-core machine.", "",
              "| backbone | mode | insertion | items MRR@5 | items HR@5 | class accuracy | class macro-F1 | trainable params (items) | ratio | train s (items) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
@@ -120,24 +161,29 @@ def write_results(raw, args):
     pops = [r for r in raw if r["task"] == "items"]
     if pops:
         lines.append(f"| popularity | — | — | {fmt([r['popularity']['mrr@5'] for r in pops])} | {fmt([r['popularity']['hr@5'] for r in pops])} | — | — | 0 | 0 | — |")
-    lines += ["", "Checks (issue: PeterRec within 0.03 of FineAll, both beat scratch by more than 2 sd):", ""]
+    lines += ["", "Checks (issue: PeterRec within 0.03 of FineAll, both beat scratch by more than 2 sd; "
+              "each FineAll variant against the scratch run with the same recipe):", ""]
     for backbone in sorted({k[0] for k in keys}):
-        fineall, scratch = summary.get((backbone, "fineall", "—")), summary.get((backbone, "scratch", "—"))
-        for key in [k for k in keys if k[0] == backbone and k[1] == "peterrec"]:
-            for idx, metric in ((0, "items MRR@5"), (1, "class accuracy")):
-                p, fa, sc = summary[key][idx], fineall[idx] if fineall else (None, None), scratch[idx] if scratch else (None, None)
-                if None in (p[0], fa[0], sc[0]):
-                    continue
-                lines.append(
-                    f"- {backbone} {key[2]} {metric}: PeterRec − FineAll = {p[0] - fa[0]:+.4f} "
-                    f"({'ok' if p[0] >= fa[0] - 0.03 else 'NOT within 0.03'}); PeterRec − scratch = {p[0] - sc[0]:+.4f} vs 2 sd = {2 * max(p[1], sc[1]):.4f} "
-                    f"({'ok' if p[0] - sc[0] > 2 * max(p[1], sc[1]) else 'NOT above'}); FineAll − scratch = {fa[0] - sc[0]:+.4f} "
-                    f"({'ok' if fa[0] - sc[0] > 2 * max(fa[1], sc[1]) else 'NOT above'})"
-                )
+        for fa_key in [k for k in keys if k[0] == backbone and k[1] == "fineall"]:
+            sc_key = (backbone, "scratch", fa_key[2])
+            if sc_key not in summary:
+                continue
+            for key in [k for k in keys if k[0] == backbone and k[1] == "peterrec"]:
+                for idx, metric in ((0, "items MRR@5"), (1, "class accuracy")):
+                    p, fa, sc = summary[key][idx], summary[fa_key][idx], summary[sc_key][idx]
+                    if None in (p[0], fa[0], sc[0]):
+                        continue
+                    lines.append(
+                        f"- {backbone} PeterRec {key[2]} vs FineAll {fa_key[2]}, {metric}: PeterRec − FineAll = {p[0] - fa[0]:+.4f} "
+                        f"({'ok' if p[0] >= fa[0] - 0.03 else 'NOT within 0.03'}); PeterRec − scratch = {p[0] - sc[0]:+.4f} vs 2 sd = {2 * max(p[1], sc[1]):.4f} "
+                        f"({'ok' if p[0] - sc[0] > 2 * max(p[1], sc[1]) else 'NOT above'}); FineAll − scratch = {fa[0] - sc[0]:+.4f} vs 2 sd = {2 * max(fa[1], sc[1]):.4f} "
+                        f"({'ok' if fa[0] - sc[0] > 2 * max(fa[1], sc[1]) else 'NOT above'})"
+                    )
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(summary, keys, os.path.join(RESULTS, f"{args.name}.png"))
-    print("\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
 
 
 def plot(summary, keys, path):
@@ -146,7 +192,7 @@ def plot(summary, keys, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{b}\n{m}" + (f"\n{i}" if m == "peterrec" else "") for b, m, i in keys]
+    labels = [f"{b}\n{m}" + (f"\n{i}" if i != "—" else "") for b, m, i in keys]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(keys)), 3.8))
     for ax, idx, title in ((axes[0], 0, "target items: test MRR@5"), (axes[1], 1, "profile classes: test accuracy")):
         means = [summary[k][idx][0] or 0 for k in keys]

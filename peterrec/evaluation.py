@@ -7,7 +7,8 @@ import os
 from peterrec import export
 from peterrec.data import convert, dataset, finetune_dataset
 from peterrec.data.vocab import Vocabulary
-from peterrec.errors import ConfigError
+from peterrec.errors import ConfigError, DataError
+from peterrec.features import LABELS, OOV_ID
 from peterrec.training import PopularityScorer, evaluate
 
 
@@ -71,7 +72,14 @@ def evaluate_export(
         ks = (5, 10, 20)
         counts = Vocabulary.load(set_dir).counts
     seed = job.get("seed", 42)
+    unknown, total = unknown_targets(dataset_fn)
+    if total and unknown == total:
+        raise DataError(f"{targets if finetuned else data}: none of the {total} {split} targets is known to {loaded.path}'s vocabulary")
+    if unknown:
+        print(f"{targets if finetuned else data}: {unknown} of {total} {split} targets are unknown to the model's vocabulary; "
+              "they rank last (counted as misses)")
     metrics = {
+        "unknown_targets": unknown,
         split: evaluate(loaded.task, dataset_fn, protocol=protocol, num_negatives=num_negatives, ks=ks, seed=seed),
         "popularity": evaluate(PopularityScorer(counts), dataset_fn, protocol=protocol, num_negatives=num_negatives, ks=ks, seed=seed),
         "export_dir": loaded.path,
@@ -88,6 +96,15 @@ def evaluate_export(
     export.write_json(output, metrics)
     metrics["output"] = output
     return metrics
+
+
+def unknown_targets(dataset_fn):
+    """``(targets the vocabulary does not know (OOV labels), all targets)`` of an evaluation dataset."""
+    unknown = total = 0
+    for batch in dataset_fn(None):
+        labels = batch[LABELS].numpy()
+        unknown, total = unknown + int((labels == OOV_ID).sum()), total + labels.size
+    return unknown, total
 
 
 def _default_targets(job):

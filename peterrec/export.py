@@ -155,13 +155,16 @@ def write_version(root, fill):
 
 
 def export_model(
-    task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain", output_vocab=None
+    task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain", output_vocab=None,
+    extra_files=None,
 ):
     """Write a new numbered export version under ``<model_dir>/export``; returns its path.
 
     ``output_vocab`` (finetuning): the vocabulary of what the task scores
     (target items or classes), saved as ``target_vocab.json``; the serving
     signature then returns its tokens and has no ``top_k_exclude_seen``.
+    ``extra_files``: ``{name: writer(path)}`` written into the version
+    before it is renamed into place (e.g. item-feature tables).
     """
     def fill(tmp):
         module = ServingModule(task, vocab, max_len, top_k, output_vocab)
@@ -193,6 +196,8 @@ def export_model(
         }
         write_json(os.path.join(tmp, CONFIG_FILE), config)
         write_json(os.path.join(tmp, METRICS_FILE), metrics or {})
+        for name, writer in (extra_files or {}).items():
+            writer(os.path.join(tmp, name))
 
     return write_version(os.path.join(model_dir, EXPORT_DIR), fill)
 

@@ -25,9 +25,9 @@ from peterrec import distribute, export, patches
 from peterrec.backbones.nextitnet import NextItNetBackbone
 from peterrec.data import convert, finetune_dataset
 from peterrec.data.vocab import Vocabulary
-from peterrec.errors import ConfigError, DataError, ExportError
+from peterrec.errors import DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
-from peterrec.jobs import JobConfig, check, check_job_config, count_params, evaluate_splits, plot_history
+from peterrec.jobs import JobConfig, check, check_job_config, count_params, evaluate_splits, plot_history, raise_if_failed
 from peterrec.tasks.transfer import LOSSES, SAMPLERS, TASK_TYPES, TransferTask
 from peterrec.training import Trainer, TrainInputs
 
@@ -53,6 +53,7 @@ class FinetuneConfig(JobConfig):
     patch_dim: int | None = None
     patch_zero_init: bool = False
     parallel_identity: bool = True  # the original's identity inside parallel patches (False: conv(x) + f(x))
+    head_warmup_epochs: int = 0  # epochs in which only the task side learns before the backbone unfreezes (0 = original)
     loss: str | None = None  # default: bce with uniform negatives, bpr with the lambdafm sampler
     sampler: str = "uniform"
     rho: float = 0.3
@@ -77,6 +78,12 @@ class FinetuneConfig(JobConfig):
         check(0.0 <= self.max_oov_share <= 1.0, "max_oov_share", f"must be in [0, 1], got {self.max_oov_share}")
         check(self.max_len is None or self.max_len >= 3, "max_len", f"must be >= 3, got {self.max_len}")
         check(self.rho > 0, "rho", f"must be > 0, got {self.rho}")
+        check(self.head_warmup_epochs >= 0, "head_warmup_epochs", f"must be >= 0, got {self.head_warmup_epochs}")
+        check(
+            not self.head_warmup_epochs or self.finetune_mode in ("fineall", "finelast", "scratch"),
+            "head_warmup_epochs",
+            f"applies to fineall, finelast and scratch (the backbone is trained), not {self.finetune_mode}",
+        )
 
     def resolved_targets(self):
         if self.targets is not None:
@@ -142,6 +149,7 @@ def prepare_data(cfg, vocab):
         seed=cfg.seed,
         min_seq_len=1,
         targets=targets,
+        max_skipped_share=cfg.max_skipped_share,
     )
     metadata = finetune_dataset.set_metadata(set_dir)
     where = targets or cfg.data
@@ -206,6 +214,8 @@ def run(cfg: FinetuneConfig):
         "data_set": os.path.basename(set_dir),
         "max_len": max_len,
     }
+    if not cfg.head_warmup_epochs:
+        record.pop("head_warmup_epochs")  # runs from before the option still resume
     os.makedirs(model_dir, exist_ok=True)
     check_job_config(model_dir, record)
 
@@ -221,6 +231,7 @@ def run(cfg: FinetuneConfig):
             l2=cfg.l2,
             target_counts=target_vocab.counts,
             finetune_mode=cfg.finetune_mode,
+            head_warmup_steps=cfg.head_warmup_epochs * steps,
         )
 
     causal = pre_config["backbone"]["config"].get("causal", True)
@@ -277,9 +288,7 @@ def run(cfg: FinetuneConfig):
         metrics["valid"].update(macro_f1(task, inputs.evaluate("valid", None)))
     if not trainer.is_chief:
         return metrics  # multi-worker: only the chief exports and writes metrics
-    if result.stopped_on_nan:
-        export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
-        raise ConfigError(f"training diverged (NaN/Inf loss) at step {result.global_step}; see {model_dir}/metrics.json")
+    raise_if_failed(result, model_dir, metrics)  # NaN/Inf or diverged: metrics.json, then an error naming the step
     metrics["export_dir"] = export.export_model(
         task,
         vocab,

@@ -5,21 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 
 import numpy as np
 
-from peterrec import export
+from peterrec import export, locking
 from peterrec.errors import ConfigError
 from peterrec.training import TrainConfig
 
 JOB_CONFIG = "job_config.json"
+# Fields newer than some job_config.json files: a missing key there means this default (the run still resumes).
+ADDED_FIELDS = {"mixed_precision": False}
 # Fields that may change between a run and its resumption without invalidating checkpoints.
 # (the data's identity is compared through the content-hashed TFRecord set name and the vocabulary hash,
 # not through the path it was given by)
 RESUMABLE_FIELDS = {
     "epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size",
     "top_k", "data", "tfrecord_dir", "model_dir", "pretrained",
+    "deterministic", "divergence_factor", "max_skipped_share",
 }
 
 
@@ -34,17 +38,23 @@ class JobConfig:
     patience: int = 3
     seed: int = 42
     jit_compile: bool = False
+    mixed_precision: bool = False  # Keras mixed policy: float16 + loss scaling on GPU, bfloat16 on CPU/TPU
     checkpoint_every_steps: int = 500
     strategy: str = "auto"
     tpu: str | None = None
     tf_config: str | None = None
     top_k: int = 50
     verbose: int = 2
+    deterministic: bool = False  # enable TF op determinism: a rerun or a resumed run gives bit-identical weights
+    divergence_factor: float = 5.0  # stop when the smoothed training loss exceeds this multiple of its lowest (0 = off)
+    max_skipped_share: float = 0.5  # fail when --min_seq_len skips more than this share of the users
 
     def validate_common(self):
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.divergence_factor >= 0, "divergence_factor", f"must be >= 0 (0 = off), got {self.divergence_factor}")
+        check(0.0 <= self.max_skipped_share <= 1.0, "max_skipped_share", f"must be in [0, 1], got {self.max_skipped_share}")
 
     def train_config(self, **overrides):
         """The loop's TrainConfig from these settings (job-specific fields as overrides)."""
@@ -72,7 +82,9 @@ def check(ok, flag, message):
 
 
 def check_job_config(model_dir, record):
-    """Refuse to reuse a model_dir that holds a run with an incompatible configuration."""
+    """Lock ``model_dir`` for this job (chief only) and refuse one that holds a run with an incompatible configuration."""
+    if locking.is_chief_task(record.get("tf_config")):
+        locking.acquire(model_dir)
     path = os.path.join(model_dir, JOB_CONFIG)
     if os.path.exists(path):
         with open(path) as f:
@@ -80,7 +92,7 @@ def check_job_config(model_dir, record):
         diffs = [
             f"{key}: {old.get(key)!r} -> {record.get(key)!r}"
             for key in sorted(set(old) | set(record))
-            if key not in RESUMABLE_FIELDS and old.get(key) != record.get(key)
+            if key not in RESUMABLE_FIELDS and old.get(key, ADDED_FIELDS.get(key)) != record.get(key)
         ]
         if diffs:
             raise ConfigError(
@@ -88,6 +100,15 @@ def check_job_config(model_dir, record):
                 "Use another --model_dir, or delete that directory to start over."
             )
     export.write_json(path, record)
+
+
+def raise_if_failed(result, model_dir, metrics):
+    """After a numerical fault (NaN/Inf, divergence): write metrics.json, then raise ConfigError naming step and checkpoint."""
+    if not result.stopped_on_nan:
+        return
+    path = os.path.join(model_dir, "metrics.json")
+    export.write_json(path, metrics)
+    raise ConfigError(f"{result.failure or f'training diverged at step {result.global_step}'}; metrics so far in {path}")
 
 
 def count_params(weights):
@@ -113,5 +134,13 @@ def plot_history(history, path, monitor="mrr@10"):
     ax2.set(xlabel="epoch", title="validation")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            fig.savefig(stream, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)

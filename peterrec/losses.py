@@ -1,4 +1,4 @@
-"""Losses shared by the tasks: weighted full softmax and sampled softmax.
+"""Losses shared by the tasks: weighted full softmax, sampled softmax, and BCE / BPR with negatives.
 
 Every loss returns the *sum* of the per-position losses times their weights;
 the training loop divides by the all-reduced sum of weights, so the loss is
@@ -7,10 +7,14 @@ the same mean whatever the number of replicas.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from peterrec.errors import ConfigError
+from peterrec.features import NUM_RESERVED
+
+PAIRWISE = ("bce", "bpr")
 
 
 def weighted_softmax_ce_sum(logits, labels, weights):
@@ -75,6 +79,40 @@ def sampled_softmax_sum(weights, biases, hidden, labels, sample_weight, num_samp
         remove_accidental_hits=True,
     )
     return tf.reduce_sum(loss * flat_w)
+
+
+def uniform_negatives(labels, vocabulary_size, seed=None, num_reserved=NUM_RESERVED):
+    """One negative id per label, uniform over the real ids ``[num_reserved, V)`` minus the label.
+
+    Args:
+        labels: int ``[...]``; a reserved label (OOV, PAD) excludes nothing.
+        vocabulary_size: V.
+        seed: a ``keras.random.SeedGenerator`` (or int) for ``keras.random.uniform``
+            (works in XLA-compiled steps).
+    """
+    labels = tf.cast(labels, tf.int32)
+    is_real = tf.cast(labels >= num_reserved, tf.int32)
+    choices = tf.maximum(vocabulary_size - num_reserved - is_real, 1)
+    u = keras.random.uniform(tf.shape(labels), seed=seed)
+    draw = tf.minimum(tf.cast(u * tf.cast(choices, tf.float32), tf.int32), choices - 1) + num_reserved
+    return draw + is_real * tf.cast(draw >= labels, tf.int32)  # skip the label, stay uniform
+
+
+def pairwise_sum(loss, positive, negative, weights):
+    """Sum over positions of ``weights * loss(positive score, negative score)``.
+
+    ``bce``: ``-log sigmoid(s+) - log(1 - sigmoid(s-))`` (SASRec's original
+    loss, Caser's); ``bpr``: ``-log sigmoid(s+ - s-)`` (RecBole's BPR).
+    Both through ``softplus`` (stable for large scores).
+    """
+    positive, negative = tf.cast(positive, tf.float32), tf.cast(negative, tf.float32)
+    if loss == "bce":
+        per_position = tf.nn.softplus(-positive) + tf.nn.softplus(negative)
+    elif loss == "bpr":
+        per_position = tf.nn.softplus(negative - positive)
+    else:
+        raise ValueError(f"pairwise loss must be one of {PAIRWISE}, got {loss!r}")
+    return tf.reduce_sum(per_position * tf.cast(weights, tf.float32))
 
 
 def check_jit_compatible(loss, jit_compile):

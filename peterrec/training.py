@@ -15,7 +15,15 @@ step run through ``strategy.run``:
   included (the epoch's data order is a function of the seed and the epoch,
   and already-trained batches are skipped);
 * the weights with the best validation metric (``monitor``, default
-  ``mrr@10``) are kept in a separate checkpoint and restored at the end.
+  ``mrr@10``) are kept in a separate checkpoint and restored at the end;
+* reliability (docs/reliability.md): the chief holds an OS lock on
+  ``model_dir`` (:mod:`peterrec.locking`); SIGTERM/SIGINT save a checkpoint
+  after the current step and raise :class:`TrainingInterrupted`; a NaN/Inf
+  loss or weights, or a loss that diverges (``divergence_factor``), stop
+  training with the step and the last good checkpoint named (non-finite
+  weights are never checkpointed); ``deterministic`` enables TF op
+  determinism, so a run killed and resumed ends bit-identical to an
+  uninterrupted one.
 
 A task is any ``keras.Model`` with ``loss_sum(batch, training)``,
 ``loss_count(batch)`` and ``eval_scores(batch)`` (scores over all ids,
@@ -25,8 +33,12 @@ A task is any ``keras.Model`` with ``loss_sum(batch, training)``,
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import math
 import os
+import shutil
+import signal
 import tempfile
 import time
 import weakref
@@ -36,6 +48,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from peterrec import locking
+from peterrec.errors import PeterRecError
+from peterrec import distribute
 from peterrec.eval import ranking
 from peterrec.features import LABELS
 
@@ -53,12 +68,16 @@ class TrainConfig:
     patience: int = 5
     monitor: str = "mrr@10"
     jit_compile: bool = False
+    mixed_precision: bool | str = False  # True: mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU; or a Keras policy name
     checkpoint_every_steps: int = 500
     eval_protocol: str = "full"  # "full" ranking or "sampled" (1 target + num_negatives)
     num_negatives: int = 99
     ks: tuple = ranking.DEFAULT_KS
     seed: int = 42
     verbose: int = 1
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism(): bit-identical reruns and resumes
+    divergence_factor: float = 5.0  # stop when the smoothed loss exceeds this multiple of its minimum (0 = off)
+    optimizer_factory: Callable | None = None  # () -> Keras optimizer (built in the strategy scope); None: Adam(learning_rate, epsilon=1e-8)
 
 
 @dataclasses.dataclass
@@ -87,7 +106,8 @@ class TrainResult:
     positions_per_second: float
     history: list
     stopped_early: bool
-    stopped_on_nan: bool
+    stopped_on_nan: bool  # NaN/Inf loss or weights, or a diverging loss: see ``failure``
+    failure: str | None = None  # why training stopped early on a numerical fault (names the step and last good checkpoint)
 
 
 def is_chief(strategy):
@@ -116,12 +136,135 @@ def variable_dict(variables, strip_scope=False):
     return out
 
 
-def make_checkpoint(model, optimizer=None, **state):
-    """A ``tf.train.Checkpoint`` over the model's (and optimizer's) variables by path."""
+def seed_states(model):
+    """The states of the model's Keras seed generators (dropout masks), in creation order.
+
+    Not among ``model.weights``, and their paths carry per-process counters,
+    so a checkpoint keys them by position.
+    """
+    weights = {id(w) for w in model.weights}
+    return {str(i): getattr(v, "value", v) for i, v in enumerate(v for v in model.variables if id(v) not in weights)}
+
+
+def make_checkpoint(model, optimizer=None, seeds=False, **state):
+    """A ``tf.train.Checkpoint`` over the model's (and optimizer's) variables by path.
+
+    ``seeds``: also the dropout seed generators' states (:func:`seed_states`),
+    so a resumed run draws the masks an uninterrupted one would.
+    """
     parts = {"model": variable_dict(model.weights)}
+    if seeds and seed_states(model):
+        parts["seeds"] = seed_states(model)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # mixed float16: the inner optimizer + the loss scale
+        parts["loss_scale"] = {"step_counter": optimizer.step_counter, "dynamic_scale": optimizer.dynamic_scale}
+        optimizer = optimizer.inner_optimizer
     if optimizer is not None:
         parts["optimizer"] = variable_dict(optimizer.variables, strip_scope=True)
     return tf.train.Checkpoint(**parts, **state)
+
+
+# ------------------------------------------------------------------ reliability: signals, numerical faults
+class TrainingInterrupted(PeterRecError):
+    """SIGTERM or SIGINT stopped training after a checkpoint was saved.
+
+    ``exit_code`` is the shell convention 128 + signal number (143 for
+    SIGTERM, 130 for SIGINT); ``pipelines.flags.run`` exits with it.
+    """
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only set ``received``; the loop saves and stops at the next step.
+
+    A second signal of either kind gives up waiting (the previous handlers are
+    restored and it is re-raised). Off the main thread, where Python cannot
+    install handlers, it does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step", flush=True)
+
+    def _restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self):
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            self._restore()
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+def _save_checkpoint(manager, **kwargs):
+    """``manager.save``; on failure (full disk...) TensorFlow's half-written ``<name>_temp`` directory is removed.
+
+    The ``checkpoint`` pointer only names complete checkpoints, so readers never see a partial one.
+    """
+    try:
+        return manager.save(**kwargs)
+    except BaseException:
+        for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
+            shutil.rmtree(leftover, ignore_errors=True)
+        raise
+
+
+class _DivergenceMonitor:
+    """Flags a loss that runs away: its moving average above ``factor`` x (and 1.0 above) its lowest moving average.
+
+    The exponential moving average (weight 0.1) starts at the first loss, so
+    one noisy batch cannot trip it; ``factor <= 0`` disables the check.
+    NaN/Inf losses are ``TerminateOnNaN``'s job.
+    """
+
+    def __init__(self, factor, weight=0.1):
+        self.factor, self.weight = float(factor), weight
+        self.average, self.lowest = None, math.inf
+
+    def update(self, loss):
+        """Returns ``(average, lowest)`` when the loss has diverged, else None."""
+        if self.factor <= 0 or not math.isfinite(loss):
+            return None
+        self.average = loss if self.average is None else (1 - self.weight) * self.average + self.weight * loss
+        self.lowest = min(self.lowest, self.average)
+        if self.average > self.factor * self.lowest and self.average > self.lowest + 1.0:
+            return self.average, self.lowest
+        return None
+
+
+def _skip_together(grads, ctx):
+    """Mixed float16: when any replica's gradients overflowed, make every replica's non-finite, so
+    the LossScaleOptimizer skips the step (and halves the scale) on all of them alike instead of
+    some replicas entering the all-reduce without the others."""
+    sparse = lambda g: isinstance(g, tf.IndexedSlices)  # noqa: E731  (embedding gradients)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g.values if sparse(g) else g)) for g in grads if g is not None])
+    overflowed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))  # replicas with inf/NaN
+    factor = tf.where(overflowed > 0, float("nan"), 1.0)
+    scale = lambda g: g * tf.cast(factor, g.dtype)  # noqa: E731
+    return [
+        None if g is None else tf.IndexedSlices(scale(g.values), g.indices, g.dense_shape) if sparse(g) else scale(g)
+        for g in grads
+    ]
 
 
 class Trainer:
@@ -131,13 +274,26 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.inputs = inputs
         self.is_chief = is_chief(self.strategy)
+        if self.is_chief:
+            locking.acquire(model_dir)  # one job per model_dir (re-entrant: the job may hold it already)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
         # Under multi-worker every worker saves (the collectives need it), but only the chief into model_dir.
         self.model_dir = model_dir if self.is_chief else tempfile.mkdtemp(prefix="peterrec-worker-")
         self.config = config
         self.extra_callbacks = list(callbacks)
-        with self.strategy.scope():
+        # --- mixed precision: layers built under the policy; float16 needs loss scaling
+        self.precision_policy = distribute.precision_policy(config.mixed_precision, self.strategy)
+        with self.strategy.scope(), distribute.dtype_policy(self.precision_policy):
             self.task = task_fn()
-            self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-8)
+            if config.optimizer_factory is not None:
+                self.optimizer = config.optimizer_factory()
+            else:
+                self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-8)
+            if self.precision_policy == "mixed_float16":
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+        # --- end mixed precision
+        with self.strategy.scope():
             self.optimizer.build(self.task.trainable_variables)
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -145,15 +301,9 @@ class Trainer:
             self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
             self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
         self.task.compile(optimizer=self.optimizer)  # lets Keras callbacks find the optimizer
-        self.checkpoint = make_checkpoint(
-            self.task,
-            self.optimizer,
-            global_step=self.global_step,
-            epoch=self.epoch,
-            best_value=self.best_value,
-            best_epoch=self.best_epoch,
-            wait=self.wait,
-        )
+        state = dict(global_step=self.global_step, epoch=self.epoch, best_value=self.best_value, best_epoch=self.best_epoch, wait=self.wait)
+        self.checkpoint = make_checkpoint(self.task, self.optimizer, seeds=True, **state)
+        self._checkpoint_without_seeds = make_checkpoint(self.task, self.optimizer, **state)  # for checkpoints written before seeds were
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(model_dir, CKPT_DIR), max_to_keep=2, step_counter=self.global_step
         )
@@ -167,6 +317,7 @@ class Trainer:
         task, optimizer, strategy = self.task, self.optimizer, self.strategy
         num_replicas = strategy.num_replicas_in_sync
         use_jit = self.config.jit_compile
+        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def grads_of(batch, inv_count):
             with tf.GradientTape() as tape:
@@ -174,6 +325,7 @@ class Trainer:
                 loss = loss_sum * inv_count
                 if task.losses:
                     loss += tf.add_n(task.losses) / num_replicas
+                loss = optimizer.scale_loss(loss)  # mixed precision: the LossScaleOptimizer unscales in apply
             grads = tape.gradient(loss, task.trainable_variables)
             if hasattr(task, "transform_gradients"):
                 grads = task.transform_gradients(grads, task.trainable_variables)
@@ -186,6 +338,8 @@ class Trainer:
             ctx = tf.distribute.get_replica_context()
             global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
             loss_sum, grads = compute(batch, 1.0 / tf.maximum(global_count, 1.0))
+            if loss_scaled and num_replicas > 1:
+                grads = _skip_together(grads, ctx)
             optimizer.apply_gradients(zip(grads, task.trainable_variables))
             return loss_sum, count
 
@@ -241,14 +395,29 @@ class Trainer:
         """Restore the latest training checkpoint, if any; returns its path."""
         latest = self.manager.latest_checkpoint
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            checkpoint = self.checkpoint
+            if seed_states(self.task) and not any(name.startswith("seeds/") for name, _ in tf.train.list_variables(latest)):
+                checkpoint = self._checkpoint_without_seeds  # an older checkpoint: the dropout masks restart
+            checkpoint.restore(latest).assert_existing_objects_matched()
         return latest
 
     def fit(self) -> TrainResult:
+        """Train to ``epochs`` (resuming from the latest checkpoint), early stopping or a numerical fault.
+
+        A NaN/Inf loss or weights, or a diverging loss (``divergence_factor``),
+        stops training with ``TrainResult.failure`` naming the step and the
+        last good checkpoint. SIGTERM/SIGINT save a checkpoint after the
+        current step and raise :class:`TrainingInterrupted`.
+        """
+        with _StopSignals() as signals:
+            return self._fit(signals)
+
+    def _fit(self, signals) -> TrainResult:
         cfg, steps = self.config, self.inputs.steps_per_epoch
         resumed = self.restore()
         callbacks = self._callbacks(steps)
-        stopped_nan = False
+        failure = None
+        divergence = _DivergenceMonitor(cfg.divergence_factor)
         start_epoch = int(self.epoch.numpy())
         skip = int(self.global_step.numpy()) - start_epoch * steps
         if resumed and cfg.verbose:
@@ -278,19 +447,18 @@ class Trainer:
                 loss, count = float(loss_t), float(count)
                 epoch_positions, epoch_loss = epoch_positions + count, epoch_loss + loss * count
                 callbacks.on_train_batch_end(batch_index, {"loss": loss})
-                if self.task.stop_training:
-                    stopped_nan = True
+                failure = self._loss_fault(loss, divergence)
+                if failure is None and cfg.checkpoint_every_steps and int(self.global_step.numpy()) % cfg.checkpoint_every_steps == 0:
+                    failure = self._save()
+                if failure is None and signals.received:
+                    self._interrupt(signals.received, epoch, batch_index + 1)
+                if failure is not None:
                     break
-                if cfg.checkpoint_every_steps and int(self.global_step.numpy()) % cfg.checkpoint_every_steps == 0:
-                    self.manager.save(check_interval=False)
             elapsed = time.perf_counter() - t0
             skip = 0
-            if stopped_nan:
-                last_good = self.manager.latest_checkpoint or "none (no checkpoint was written yet)"
-                print(
-                    f"error: the loss became NaN/Inf at global step {int(self.global_step.numpy())}; "
-                    f"training stopped. Last good checkpoint: {last_good}"
-                )
+            if failure is not None:
+                failure = self._failure_message(failure)
+                print(f"error: {failure}")
                 break
             train_seconds += elapsed
             trained_positions += epoch_positions
@@ -303,12 +471,18 @@ class Trainer:
             if improved:
                 self.best_value.assign(valid[cfg.monitor])
                 self.best_epoch.assign(epoch)
-                self.best_manager.save(checkpoint_number=epoch)
+                _save_checkpoint(self.best_manager, checkpoint_number=epoch)
             callbacks.on_epoch_end(epoch, logs)
             self._append_history([{"epoch": epoch + 1, **logs, "seconds": elapsed}])
             self.wait.assign(self.early_stopping.wait)
             self.epoch.assign(epoch + 1)
-            self.manager.save(check_interval=False)
+            failure = self._save()
+            if failure is not None:
+                failure = self._failure_message(failure)
+                print(f"error: {failure}")
+                break
+            if signals.received:
+                self._interrupt(signals.received, epoch + 1, 0)
             if self.task.stop_training:
                 stopped_early = True
                 break
@@ -325,18 +499,68 @@ class Trainer:
             positions_per_second=trained_positions / max(train_seconds, 1e-9),
             history=self._read_history(),
             stopped_early=stopped_early,
-            stopped_on_nan=stopped_nan,
+            stopped_on_nan=failure is not None,
+            failure=failure,
+        )
+
+    # ------------------------------------------------------------------ checkpoints and faults
+    def _save(self):
+        """Save a training checkpoint unless the weights are not finite; returns a fault message or None."""
+        if not all(np.all(np.isfinite(w.numpy())) for w in self.task.trainable_weights):
+            return f"the weights became NaN/Inf at global step {int(self.global_step.numpy())}"
+        _save_checkpoint(self.manager, check_interval=False)
+        return None
+
+    def _loss_fault(self, loss, divergence):
+        """A message when this step's loss is NaN/Inf (TerminateOnNaN stopped the task) or has diverged."""
+        step = int(self.global_step.numpy())
+        if self.task.stop_training or not math.isfinite(loss):
+            return f"the loss became NaN/Inf at global step {step}"
+        diverged = divergence.update(loss)
+        if diverged:
+            average, lowest = diverged
+            return (
+                f"the training loss diverged at global step {step}: its moving average rose to {average:.4g} from a lowest "
+                f"{lowest:.4g} (more than --divergence_factor {self.config.divergence_factor:g} times)"
+            )
+        return None
+
+    def _failure_message(self, fault):
+        last_good = self.manager.latest_checkpoint or "none (no checkpoint was written yet)"
+        rate = float(self.optimizer.learning_rate.numpy())
+        return (
+            f"{fault} with learning rate {rate:g}; training stopped. Last good checkpoint: {last_good}. "
+            "Lower --learning_rate (in a new --model_dir) or check the data"
+        )
+
+    def _interrupt(self, signum, epoch, step_in_epoch):
+        """Save a checkpoint (when the weights are finite) and raise TrainingInterrupted."""
+        fault = self._save()
+        where = f"global step {int(self.global_step.numpy())} (epoch {epoch + 1}, step {step_in_epoch} of {self.inputs.steps_per_epoch})"
+        saved = f"saved checkpoint {self.manager.latest_checkpoint}" if fault is None else f"not saved: {fault}"
+        raise TrainingInterrupted(
+            f"training interrupted by {signal.Signals(signum).name} at {where}; {saved}; re-run the same command to resume",
+            signum,
         )
 
     def _history_path(self):
         return os.path.join(self.model_dir, "history.jsonl")
 
     def _append_history(self, rows):
+        """Add epoch rows, replacing rows of the same or later epochs (a resumed epoch), atomically."""
         if not self.is_chief:
             return
-        with open(self._history_path(), "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        first = min(row["epoch"] for row in rows)
+        kept = [row for row in self._read_history() if row["epoch"] < first]
+        path = self._history_path()
+        fd, tmp = tempfile.mkstemp(dir=self.model_dir, prefix=".tmp-", suffix=".jsonl")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in kept + list(rows))
+            os.replace(tmp, path)
+        except BaseException:
+            os.remove(tmp)
+            raise
 
     def _read_history(self):
         if not os.path.exists(self._history_path()):

@@ -25,6 +25,8 @@ flags.DEFINE_enum("finetune_mode", "peterrec", ["peterrec", "fineall", "finelast
 flags.DEFINE_integer("patch_dim", None, "Patch bottleneck width (default: channels / 4).", lower_bound=1)
 flags.DEFINE_bool("parallel_identity", True, "Keep the original's identity inside parallel patches; --noparallel_identity "
                   "computes conv(x) + f(x) (with --patch_zero_init: exactly the pretrained network at init).")
+flags.DEFINE_integer("head_warmup_epochs", 0, "fineall/finelast/scratch: train only the new target table for this many epochs "
+                     "before the backbone unfreezes (linear probing, then finetuning; 0 = the original).", lower_bound=0)
 flags.DEFINE_bool("patch_zero_init", False, "Zero-initialise the patches' up-projection (serial = exact pretrained function at init).")
 flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task.")
 flags.DEFINE_float("rho", 0.3, "LambdaFM popularity-rank sampler parameter.", lower_bound=1e-6)
@@ -55,8 +57,8 @@ def main(argv):
     metrics = finetuning.run(cfg)
     keys = ("hr@1", "accuracy", "macro_f1") if cfg.task == "classify" else ("hr@5", "mrr@5", "ndcg@5")
     print(json.dumps({
-        "export_dir": metrics["export_dir"],
-        "patch_dir": metrics["patch_dir"],
+        "export_dir": metrics.get("export_dir"),  # None on a non-chief multi-worker task
+        "patch_dir": metrics.get("patch_dir"),
         "test": {k: round(metrics["test"][k], 4) for k in keys if k in metrics["test"]},
         "popularity_test": {k: round(metrics["popularity"]["test"][k], 4) for k in keys if k in metrics["popularity"]["test"]},
         "trainable_params": metrics["trainable_params"],

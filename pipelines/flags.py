@@ -7,6 +7,9 @@ pipeline turns them into plain arguments.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import sys
 
 from absl import app, flags
@@ -40,6 +43,10 @@ def define_data_flags():
     flags.DEFINE_float("valid_fraction", 0.1, "Share of users for validation (--split random).", lower_bound=0.0, upper_bound=0.9)
     flags.DEFINE_float("test_fraction", 0.1, "Share of users for test (--split random).", lower_bound=0.0, upper_bound=0.9)
     flags.DEFINE_integer("min_seq_len", 3, "Users with fewer interactions are skipped (and counted).", lower_bound=1)
+    flags.DEFINE_float(
+        "max_skipped_share", 0.5, "Fail when --min_seq_len skips more than this share of the users (1 = never).",
+        lower_bound=0.0, upper_bound=1.0,
+    )
     flags.DEFINE_integer("k_core", 0, "Iteratively drop users and items with fewer interactions (0 = off).", lower_bound=0)
     flags.DEFINE_bool("dedup", False, "Drop repeated consecutive interactions of a user with the same item.")
     flags.DEFINE_float("rating_threshold", None, "Keep only interactions with rating >= this (formats with ratings).")
@@ -49,8 +56,35 @@ def define_data_flags():
     )
 
 
+# Errors of the output file system (read-only, full disk, file too large, quota, permission): one line, not a traceback.
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def write_failure(err):
+    """``"<path>: <reason>"`` when ``err`` is a file-system failure of ``WRITE_ERRNOS``, else None.
+
+    Python raises ``OSError``; TensorFlow's file writers (TFRecord, checkpoints,
+    SavedModel) raise an ``OpError`` whose message is ``"<path>; <strerror>"``;
+    h5py an ``OSError`` without errno whose message holds the strerror.
+    """
+    reasons = [os.strerror(code) for code in WRITE_ERRNOS]
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return f"{err.filename or 'the output'}: {os.strerror(err.errno)}"
+    text = str(getattr(err, "message", None) or err)
+    for reason in reasons:
+        if reason in text:
+            path = re.search(r"(/[^\s;,']+)[^/]*" + re.escape(reason), text)
+            return f"{path.group(1) if path else 'the output'}: {reason}"
+    return None
+
+
 def run(main):
-    """absl.app.run with user-facing errors printed as one line (exit status 2)."""
+    """absl.app.run with user-facing errors printed as one line.
+
+    Exit status 2 for a ``PeterRecError`` (bad input) and for an ``OSError``
+    of the output file system (``WRITE_ERRNOS``, naming the path); an
+    interrupted training job exits with its ``exit_code`` (128 + signal).
+    """
 
     def guarded(argv):
         from absl import logging
@@ -61,6 +95,12 @@ def run(main):
             return main(argv)
         except PeterRecError as err:
             print(f"error: {err}", file=sys.stderr)
+            sys.exit(getattr(err, "exit_code", 2))
+        except Exception as err:  # noqa: BLE001 (re-raised unless it is a write failure of the output file system)
+            failure = write_failure(err)
+            if failure is None:
+                raise
+            print(f"error: {failure}", file=sys.stderr)
             sys.exit(2)
 
     app.run(guarded)
@@ -73,21 +113,29 @@ def define_train_flags():
     flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas).", lower_bound=1)
     flags.DEFINE_integer("eval_batch_size", 256, "Batch size for evaluation.", lower_bound=1)
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (epsilon 1e-8 as in the original).", lower_bound=0.0)
-    flags.DEFINE_integer("max_len", 50, "Items of context per training window and evaluation row.", lower_bound=2)
+    flags.DEFINE_integer("max_len", 50, "Items of context per training window and evaluation row (each job checks its minimum).")
     flags.DEFINE_integer(
         "stride", 10, "Shift between training windows; each target keeps >= max_len - stride items of context.", lower_bound=1
     )
     flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation MRR@10.", lower_bound=0)
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step (not with sampled softmax).")
+    flags.DEFINE_bool(
+        "mixed_precision", False,
+        "Keras mixed precision: float16 compute with loss scaling on GPUs, bfloat16 on CPUs and TPUs; variables stay float32.",
+    )
     flags.DEFINE_integer("checkpoint_every_steps", 500, "Save a resumable checkpoint every N steps (0: epoch ends only).", lower_bound=0)
+    flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism: a rerun, or a run resumed after a kill, "
+                      "gives bit-identical weights (slower on GPU).")
+    flags.DEFINE_float("divergence_factor", 5.0, "Stop when the smoothed training loss exceeds this multiple of its lowest "
+                       "value (a diverging learning rate); 0 = off.", lower_bound=0.0)
     flags.DEFINE_enum(
         "eval_protocol", None, ["full", "sampled"],
         "full: rank over all items (pretraining default); sampled: 1 target + 99 uniform negatives (finetuning items default).",
     )
     flags.DEFINE_enum(
         "loss", None, ["full_softmax", "sampled_softmax", "bce", "bpr"],
-        "Pretraining: full_softmax (default) or sampled_softmax. Finetuning: bce with 1 negative (default) or bpr "
-        "(default with --sampler lambdafm).",
+        "Pretraining / train: full_softmax (default), sampled_softmax, or bce / bpr with one uniform negative per position. "
+        "Finetuning: bce with 1 negative (default) or bpr (default with --sampler lambdafm).",
     )
     flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc address (--strategy tpu).")
@@ -129,3 +177,56 @@ def common_kwargs(names):
     if out.get("verbose") == 1 and not sys.stdout.isatty():
         out["verbose"] = 2  # a progress bar redrawn with \r floods logs
     return out
+
+
+@_once
+def define_grec_flags():
+    flags.DEFINE_bool("positional_embedding", False, "--backbone grec: concatenate learned positional embeddings (original's option).")
+    flags.DEFINE_float("mask_prob", 0.3, "--backbone grec: share of each chunk's items masked.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("max_predictions", 30, "--backbone grec: most masked items per chunk.", lower_bound=1)
+
+
+@_once
+def define_zoo_flags():
+    """Settings of the model zoo (pipelines.train); unset = the model's RecBole 1.2.1 default."""
+    flags.DEFINE_enum(
+        "output_layer", None, ["dense", "tied"],
+        "Output layer: dense (NextItNet's ReLU + Dense head; default for nextitnet/grec) or tied (scores = h . item "
+        "embeddings; default for sasrec, narm, stamp, gru4rec).",
+    )
+    flags.DEFINE_integer("num_layers", None, "Transformer layers (sasrec, 2) or stacked GRUs (narm 1, gru4rec 1).")
+    flags.DEFINE_integer("num_heads", None, "sasrec: attention heads (2); must divide --embedding_dim.")
+    flags.DEFINE_integer("hidden_size", None, "narm, gru4rec: GRU state width (128).")
+    flags.DEFINE_integer("inner_size", None, "sasrec: feed-forward width (256).")
+    flags.DEFINE_float("embedding_dropout", None, "narm (0.25), gru4rec (0.3): dropout on the input item embeddings.")
+    flags.DEFINE_float("hidden_dropout", None, "sasrec (0.5): embedding and residual dropout; narm (0.5): dropout before the projection.")
+    flags.DEFINE_float("attn_dropout", None, "sasrec: dropout on the attention probabilities (0.5).")
+    flags.DEFINE_bool("pre_ln", None, "sasrec: the original SASRec's pre-LN layers (with --loss bce) instead of RecBole's post-LN.")
+
+
+def job_config_from_flags(config_class, **fixed):
+    """``config_class`` from the flags that name its fields (``--dilations`` parsed, ``TF_CONFIG`` from the
+    environment), then the ``fixed`` values (e.g. the backbone a pipeline picked)."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(config_class) if f.name in FLAGS and f.name not in fixed and f.name != "dilations"]
+    kwargs = common_kwargs(names)
+    if "dilations" in FLAGS and any(f.name == "dilations" for f in dataclasses.fields(config_class)):
+        kwargs["dilations"] = tuple(int_list(FLAGS.dilations, "dilations"))
+    kwargs["tf_config"] = os.environ.get("TF_CONFIG")
+    return config_class(**kwargs, **fixed)
+
+
+def print_summary(model_dir, metrics):
+    """The short JSON a training pipeline prints at the end (test and popularity @10, wall time)."""
+    import json
+
+    at_10 = lambda split: {k: round(v, 4) for k, v in split.items() if k in ("hr@10", "ndcg@10", "mrr@10")}  # noqa: E731
+    summary = {
+        "model_dir": model_dir,
+        "export_dir": metrics.get("export_dir"),  # None on a non-chief multi-worker task (only the chief exports)
+        "test": at_10(metrics["test"]),
+        "popularity_test": at_10(metrics["popularity"]["test"]),
+        "train_wall_seconds": metrics["train_wall_seconds"],
+    }
+    print(json.dumps(summary, indent=2))

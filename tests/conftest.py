@@ -25,3 +25,22 @@ def shared_dir():
     if not os.path.isdir(SHARED):
         pytest.skip("../shared is absent")
     return SHARED
+
+
+@pytest.fixture
+def tiny_inter(tmp_path):
+    """A tiny RecBole .inter file (120 users, 40 items, 10-19 items each) at ``<tmp>/tiny/tiny.inter``:
+    users mostly step to the next item id, so a model can learn it in one epoch."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(120):
+        item = int(rng.integers(40))
+        for t in range(int(rng.integers(10, 20))):
+            lines.append(f"u{u}\ti{item}\t{t}")
+            item = (item + 1) % 40 if rng.random() < 0.8 else int(rng.integers(40))
+    path = tmp_path / "tiny" / "tiny.inter"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -133,6 +134,37 @@ def test_baseline_modes_train_the_right_weights(small_world, pretrained, mode):
     else:  # scratch: random init, nothing equals the pretrained weights
         assert len(changed) == len(before)
     assert not any("/patch" in p for p in after)
+
+
+def test_head_warmup_freezes_the_backbone_exactly_then_releases_it(small_world, pretrained):
+    """--head_warmup_epochs: during warm-up only the target table learns (backbone bit-identical)."""
+    before = {w.path: w.numpy() for w in export.load_export(pretrained[0]).backbone.weights}
+    warm = finetuning.run(_finetune(small_world, pretrained, "warmup-only", finetune_mode="fineall", epochs=1, head_warmup_epochs=1, patience=0))
+    after, loaded = _weights(warm["export_dir"])
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+    table = loaded.task.target_embedding.embeddings.numpy()
+    fresh = finetuning.run(_finetune(small_world, pretrained, "warmup-none", finetune_mode="fineall", epochs=1, patience=0))
+    assert not np.array_equal(table, _weights(fresh["export_dir"])[1].task.target_embedding.embeddings.numpy())
+    # The gate opens at head_warmup_steps: step the restored task by hand across the boundary.
+    task = loaded.task
+    task.head_warmup_steps = 2
+    optimizer = keras.optimizers.Adam(1e-2)
+    task.backbone.set_finetune_mode("fineall")
+    task.compile(optimizer=optimizer)
+    optimizer.build(task.trainable_variables)
+    batch = next(iter(finetune_dataset.train_pairs(warm["data"]["set_dir"], context_len=20, batch_size=16, steps=1, seed=0)))
+    snapshots = []
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = task.loss_sum(batch, training=True)
+        grads = task.transform_gradients(tape.gradient(loss, task.trainable_variables), task.trainable_variables)
+        optimizer.apply_gradients(zip(grads, task.trainable_variables))
+        snapshots.append({w.path: w.numpy() for w in task.backbone.weights})
+    assert all(np.array_equal(snapshots[1][p], v) for p, v in before.items())  # steps 0 and 1: frozen
+    assert all(not np.array_equal(snapshots[2][p], v) for p, v in before.items())  # step 2: everything moves
+    with pytest.raises(ConfigError, match="head_warmup_epochs"):
+        finetuning.run(_finetune(small_world, pretrained, "warmup-bad", head_warmup_epochs=1))
 
 
 def test_classification_reports_accuracy_and_macro_f1(small_world, pretrained):

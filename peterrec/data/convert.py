@@ -32,7 +32,7 @@ import numpy as np
 
 from peterrec import __version__, features
 from peterrec.data.readers import FORMATS, UserSequence, detect_format, read_sequences, read_user_targets
-from peterrec.data.tfrecord import check_output_dir, load_metadata, write_tfrecord_set
+from peterrec.data.tfrecord import check_output_dir, file_sha256, load_metadata, write_tfrecord_set
 from peterrec.data.vocab import VOCAB_FILENAME, Vocabulary
 from peterrec.errors import ConfigError, DataError, VocabularyError
 
@@ -60,6 +60,7 @@ def convert(
     target_vocab: Vocabulary | None = None,
     targets: str | None = None,
     overwrite: bool = False,
+    max_skipped_share: float = 0.5,
 ) -> dict:
     """Converts an interaction file into a TFRecord set.
 
@@ -90,6 +91,8 @@ def convert(
             this file without a source sequence are counted
             (``target_users_without_source``).
         overwrite: Replace an existing non-empty ``output_dir``.
+        max_skipped_share: Fail when ``min_seq_len`` skips more than this
+            share of the users left by the other filters (1 = never).
 
     Returns:
         The metadata written to ``<output_dir>/metadata.json``.
@@ -97,7 +100,8 @@ def convert(
     Raises:
         ConfigError: An option is out of range.
         DataError: The input is malformed, no user is left after the
-            filters, or ``output_dir`` is not empty (without ``overwrite``).
+            filters, more than ``max_skipped_share`` of the users are too
+            short, or ``output_dir`` is not empty (without ``overwrite``).
     """
     min_length, notes = _check_options(split, valid_fraction, test_fraction, min_seq_len, k_core, num_shards)
     check_output_dir(output_dir, overwrite)
@@ -110,6 +114,7 @@ def convert(
     sequences = _drop_short(sequences, min_length, counts)
     if not sequences:
         raise DataError(f"{data}: no user has {min_length} or more interactions after the filters (counts: {counts})")
+    check_skipped_share(counts, max_skipped_share, data, min_length)
     roles = _assign_roles(len(sequences), split, valid_fraction, test_fraction, seed, data)
     item_vocab = vocab or _build_vocab([seq.items for seq in sequences], roles)
     target_vocab_ = _target_vocab(sequences, roles, target_vocab, read_stats, data)
@@ -183,6 +188,20 @@ def _check_options(
     if min_length != min_seq_len:
         notes.append(f"min_seq_len raised from {min_seq_len} to {min_length}: split '{split}' needs {min_length} items per user")
     return min_length, notes
+
+
+def check_skipped_share(counts: dict, max_share: float, data: str, min_length: int) -> None:
+    """Raises DataError when the users skipped as too short are more than ``max_share`` of those the length filter saw."""
+    if not 0.0 <= max_share <= 1.0:
+        raise ConfigError(f"--max_skipped_share: must be in [0, 1], got {max_share}")
+    skipped = counts["users_skipped_short"]
+    seen = skipped + counts["users_kept"]
+    if seen and skipped / seen > max_share:
+        raise DataError(
+            f"{data}: {skipped} of {seen} users ({skipped / seen:.1%}) have fewer than {min_length} interactions and would be "
+            f"skipped, more than --max_skipped_share {max_share:g}; check the file's format and columns, lower --min_seq_len, "
+            "or raise --max_skipped_share if that is expected"
+        )
 
 
 def _initial_counts(read_stats: dict) -> dict:
@@ -356,16 +375,6 @@ def _length_histogram(sequences: list[UserSequence], roles: np.ndarray) -> dict[
     return {name: {str(length): count[length] for length in sorted(count)} for name, count in histogram.items()}
 
 
-def file_sha256(path: str, extra: bytes = b"") -> str:
-    """Returns the SHA-256 hex digest of a file's bytes followed by ``extra``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    digest.update(extra)
-    return digest.hexdigest()
-
-
 def resolve_data(data: str, fmt: str, tfrecord_root: str, **convert_kwargs) -> str:
     """Returns a TFRecord set for ``data``, converting a raw file once.
 
@@ -399,6 +408,8 @@ def resolve_data(data: str, fmt: str, tfrecord_root: str, **convert_kwargs) -> s
     overwrite = bool(convert_kwargs.pop("overwrite", False))
     if not overwrite and _is_valid_set(set_dir):
         _log.info("reusing converted data %s for %s", set_dir, data)
+        metadata = load_metadata(set_dir)
+        check_skipped_share(metadata["counts"], convert_kwargs.get("max_skipped_share", 0.5), data, metadata["filters"]["min_seq_len"])
         return set_dir
     try:
         convert(data, fmt, set_dir, overwrite=overwrite or os.path.exists(set_dir), **convert_kwargs)
@@ -423,7 +434,7 @@ def _cache_options(data: str, fmt: str, convert_kwargs: dict) -> dict:
     bound = inspect.signature(convert).bind_partial(data, fmt, "", **convert_kwargs)
     bound.apply_defaults()
     options = dict(bound.arguments)
-    for name in ("data", "output_dir", "vocab", "target_vocab", "overwrite"):
+    for name in ("data", "output_dir", "vocab", "target_vocab", "overwrite", "max_skipped_share"):  # not the output's shape
         options.pop(name)
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not one of {', '.join(FORMATS)}")

@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from peterrec.data import tfrecord
+from peterrec.errors import ConfigError
 from peterrec.features import (
     ITEM_IDS,
     LABELS,
@@ -147,12 +148,44 @@ def _records(set_dir, files=None, shuffle_seed=None, input_context=None):
     if shuffle_seed is not None:
         files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    # Disjoint data per input pipeline (worker): whole files when every worker gets at least one,
+    # else every n-th record (fewer files than workers would leave a worker with nothing).
+    by_file = pipelines > 1 and len(files) >= pipelines
+    if by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.interleave(
         tf.data.TFRecordDataset, cycle_length=min(8, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True
     )
+    if pipelines > 1 and not by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     return ds.map(tfrecord.parse_example, num_parallel_calls=AUTOTUNE)
+
+
+def per_replica_batch_size(batch_size, input_context=None):
+    """The batch each replica gets of a global ``batch_size`` (ConfigError if it does not divide)."""
+    if input_context is None:
+        return batch_size
+    replicas = input_context.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ConfigError(f"--batch_size {batch_size} (and --eval_batch_size) must be divisible by the {replicas} replicas in sync")
+    return batch_size // replicas
+
+
+def epoch_batches(ds, batch_size, steps, skip_steps=0, input_context=None):
+    """One epoch of ``steps`` global steps from a repeated stream ``ds``, for this input pipeline.
+
+    Each replica consumes one per-replica batch per step, and a pipeline feeds
+    ``num_replicas_in_sync / num_input_pipelines`` replicas (e.g. both GPUs of
+    a Mirrored worker), so it yields that many batches per step. Every
+    pipeline yields the same number of batches, so workers run equal step
+    counts (the collectives would hang otherwise).
+    """
+    per_pipeline = 1
+    if input_context is not None:
+        per_pipeline = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+    ds = ds.batch(per_replica_batch_size(batch_size, input_context), drop_remainder=True)
+    return ds.take(steps * per_pipeline).skip(skip_steps * per_pipeline).prefetch(AUTOTUNE)
 
 
 def train_dataset(
@@ -180,9 +213,7 @@ def train_dataset(
     ds = ds.map(train_items, num_parallel_calls=AUTOTUNE).filter(lambda items: tf.size(items) >= 2)
     ds = ds.flat_map(lambda items: tf.data.Dataset.from_tensor_slices(_windows(items, max_len, stride, pad_as_item)))
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
-    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    ds = ds.batch(per_replica, drop_remainder=True).take(steps).skip(skip_steps)
-    return ds.prefetch(AUTOTUNE)
+    return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 
 
 def eval_dataset(set_dir, split, *, max_len, batch_size, input_context=None):
@@ -192,8 +223,7 @@ def eval_dataset(set_dir, split, *, max_len, batch_size, input_context=None):
     ds = _records(set_dir, input_context=input_context)
     ds = ds.map(lambda r: _eval_row(r, split, max_len), num_parallel_calls=AUTOTUNE)
     ds = ds.filter(lambda row: row[LABELS] >= 0)
-    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    return ds.batch(per_replica).prefetch(AUTOTUNE)
+    return ds.batch(per_replica_batch_size(batch_size, input_context)).prefetch(AUTOTUNE)
 
 
 # ---------------------------------------------------------------- counts from metadata
@@ -347,9 +377,7 @@ def cloze_train_dataset(
 
     ds = ds.map(chunk_and_mask, num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
-    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    ds = ds.batch(per_replica, drop_remainder=True).take(steps).skip(skip_steps)
-    return ds.prefetch(AUTOTUNE)
+    return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 
 
 def num_cloze_chunks(metadata, max_len):

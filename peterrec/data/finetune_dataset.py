@@ -20,7 +20,7 @@ import math
 import tensorflow as tf
 
 from peterrec.data import tfrecord
-from peterrec.data.dataset import AUTOTUNE, _records
+from peterrec.data.dataset import AUTOTUNE, _records, epoch_batches, per_replica_batch_size
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID, ROLE_LOO, ROLE_TEST, ROLE_TRAIN, ROLE_VALID
 
 SPLIT_ROLES = {"train": (ROLE_TRAIN, ROLE_LOO), "valid": (ROLE_VALID,), "test": (ROLE_TEST,)}
@@ -60,14 +60,12 @@ def train_pairs(set_dir, *, context_len, batch_size, steps, seed, epoch=0, skip_
     epoch_seed = int(seed) * 1000 + int(epoch)
     ds = pair_dataset(set_dir, "train", context_len=context_len, batch_size=batch_size, shuffle_seed=epoch_seed, input_context=input_context)
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
-    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    return ds.batch(per_replica, drop_remainder=True).take(steps).skip(skip_steps).prefetch(AUTOTUNE)
+    return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 
 
 def eval_pairs(set_dir, split, *, context_len, batch_size, input_context=None):
-    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
     ds = pair_dataset(set_dir, split, context_len=context_len, batch_size=batch_size, input_context=input_context)
-    return ds.batch(per_replica).prefetch(AUTOTUNE)
+    return ds.batch(per_replica_batch_size(batch_size, input_context)).prefetch(AUTOTUNE)
 
 
 def num_pairs(metadata, split):

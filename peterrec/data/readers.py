@@ -13,6 +13,9 @@ Supported formats (``fmt``):
   (2, 3 or 4 columns, the same on every line).
 * ``"tfds"``: a TensorFlow Datasets name such as ``movielens/100k-ratings``
   (needs the optional ``tensorflow_datasets`` package).
+* ``"ratings"``: a ratings CSV ``user,item,rating,timestamp`` (the Amazon 2014
+  ``ratings_<Category>.csv`` files; an optional header line), never auto-detected
+  (``.csv`` is the PeterRec format).
 * ``"auto"``: pick by file extension (see :func:`detect_format`).
 
 Every reader groups interactions by user (users in order of first
@@ -31,7 +34,7 @@ from typing import Any
 
 from peterrec.errors import DataError
 
-FORMATS = ("auto", "inter", "peterrec", "caser", "tfds")
+FORMATS = ("auto", "inter", "peterrec", "caser", "tfds", "ratings")
 EXTENSIONS = {".inter": "inter", ".csv": "peterrec", ".txt": "caser", ".dat": "caser"}
 PETERREC_PAD = "0"
 FINETUNE_SEPARATOR = ",,"
@@ -112,7 +115,7 @@ def read_sequences(path: str, fmt: str, *, rating_threshold: float | None = None
         fmt = detect_format(path)
     if fmt != "tfds" and not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    reader = {"inter": _read_inter, "peterrec": _read_peterrec, "caser": _read_caser, "tfds": _read_tfds}[fmt]
+    reader = {"inter": _read_inter, "peterrec": _read_peterrec, "caser": _read_caser, "tfds": _read_tfds, "ratings": _read_ratings}[fmt]
     grouper = _Grouper(path, rating_threshold)
     reader(path, grouper)
     return grouper.result(fmt)
@@ -255,6 +258,7 @@ def read_user_targets(path: str) -> dict[str, list[str]]:
     rows: dict[str, list[tuple[float, str]]] = {}
     for number, text in lines:
         where = f"{path}:{number}"
+        _check_not_header(text, header, header_line, where)
         fields = text.split("\t")
         if len(fields) != len(columns):
             raise DataError(f"{where}: expected {len(columns)} tab-separated columns as in the header, got {len(fields)}")
@@ -279,11 +283,18 @@ def _parse_inter_header(where: str, header: str, required: tuple = (_INTER_USER,
         columns[name] = position
     missing = [name for name in required if name not in columns]
     if missing:
+        hint = "; it has a single column: RecBole files are tab-separated" if len(names) == 1 else ""
         raise DataError(
             f"{where}: header {header!r} lacks the column(s) {', '.join(missing)} "
-            f"(expected e.g. 'user_id:token<TAB>item_id:token<TAB>timestamp:float')"
+            f"(expected e.g. 'user_id:token<TAB>item_id:token<TAB>timestamp:float'){hint}"
         )
     return columns
+
+
+def _check_not_header(text: str, header: str, header_line: int, where: str) -> None:
+    """Rejects a data line that repeats the header (files concatenated with their headers)."""
+    if text.lstrip(_BOM) == header:
+        raise DataError(f"{where}: repeats the header of line {header_line} (were two files concatenated?)")
 
 
 def _read_inter(path: str, grouper: _Grouper) -> None:
@@ -299,6 +310,7 @@ def _read_inter(path: str, grouper: _Grouper) -> None:
     grouper.set_columns(has_timestamps=time_col is not None, has_ratings=rating_col is not None, where=f"the header {header!r}")
     for number, text in lines:
         where = f"{path}:{number}"
+        _check_not_header(text, header, header_line, where)
         fields = text.split("\t")
         if len(fields) != len(columns):
             raise DataError(f"{where}: expected {len(columns)} tab-separated columns as in the header, got {len(fields)}")
@@ -427,3 +439,36 @@ def _read_tfds(name: str, grouper: _Grouper) -> None:
             None if time_key is None else float(row[time_key]),
             None if rating_key is None else float(row[rating_key]),
         )
+
+
+_RATINGS_COLUMNS = 4
+
+
+def _read_ratings(path: str, grouper: _Grouper) -> None:
+    """Reads a ``user,item,rating,timestamp`` CSV (Amazon 2014 ``ratings_*.csv``); a first line whose
+    rating and timestamp are not numbers is a header."""
+    grouper.set_columns(has_timestamps=True, has_ratings=True, where="the ratings format")
+    for index, (number, text) in enumerate(_iter_lines(path)):
+        where = f"{path}:{number}"
+        fields = text.split(",")
+        if len(fields) != _RATINGS_COLUMNS:
+            raise DataError(f"{where}: expected 4 comma-separated columns user,item,rating,timestamp, got {len(fields)}")
+        if index == 0 and not _is_number(fields[2]) and not _is_number(fields[3]):
+            continue  # header
+        grouper.lines_read += 1
+        grouper.add(
+            _check_token(fields[0].strip(), "user", where),
+            _check_token(fields[1].strip(), "item", where),
+            _parse_number(fields[3], "timestamp", where),
+            _parse_number(fields[2], "rating", where),
+        )
+    if grouper.lines_read == 0:
+        raise DataError(f"{path}: no interactions (expected 'user,item,rating,timestamp' lines)")
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True

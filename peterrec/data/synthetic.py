@@ -74,15 +74,23 @@ SOURCE_FILE = "source.inter"
 TARGET_FILE = "target.inter"
 PROFILE_FILE = "profile.inter"
 FILES = (SOURCE_FILE, TARGET_FILE, PROFILE_FILE)
+# Side information, written next to the interaction files (which they leave byte-identical).
+ITEM_FILE = "source.item"
+BEHAVIOUR_FILE = "source_behaviour.inter"
+SIDE_FILES = (ITEM_FILE, BEHAVIOUR_FILE)
 
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 PROFILE_HEADER = "user_id:token\tlabel:token"
+ITEM_HEADER = "item_id:token\tcategory:token\tbrand:token\tprice:float"
+BEHAVIOUR_HEADER = "user_id:token\titem_id:token\ttimestamp:float\tbehaviour:token"
+BEHAVIOURS = ("click", "like", "purchase")
 
 DEFAULT_SEED = 2026
 
 # Stream ids of the model's parts (see ``_rng``); never renumber.
 _PART_ITEMS, _PART_SUCCESSORS, _PART_TASTES, _PART_SEQUENCES = 1, 2, 3, 4
 _PART_TIMES, _PART_TARGET, _PART_LABELS = 5, 6, 7
+_PART_SIDE, _PART_BEHAVIOUR = 8, 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +127,20 @@ class SyntheticConfig:
     target_noise: float = 0.25
     # profile classes
     label_noise: float = 0.12
+    # item side information (source.item): category = the latent genre, or with probability
+    # category_noise another genre; brands_per_genre brands per genre, an item's brand from another
+    # genre with probability brand_cross; each value missing with its own probability
+    category_noise: float = 0.10
+    p_missing_category: float = 0.20
+    brands_per_genre: int = 8
+    brand_cross: float = 0.15
+    p_missing_brand: float = 0.30
+    p_missing_price: float = 0.15
+    # behaviour types (source_behaviour.inter): shares for items of the user's dominant genres
+    # (taste weight >= behaviour_taste) and for the others
+    behaviour_taste: float = 0.15
+    behaviour_probs_taste: tuple = (0.60, 0.25, 0.15)
+    behaviour_probs_other: tuple = (0.85, 0.11, 0.04)
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first inconsistent knob."""
@@ -468,6 +490,104 @@ def stats(world: SyntheticWorld) -> dict:
     }
 
 
+# --------------------------------------------------------------------------
+# Side information: item features and behaviour types (own random streams, so the
+# interaction files above are unchanged by them).
+
+
+@dataclasses.dataclass
+class SideInfo:
+    """Item features and per-interaction behaviour types of a world.
+
+    ``category`` and ``brand`` are indices (-1 = missing), ``price`` floats
+    (NaN = missing), ``behaviours`` per user an int array of indices into
+    ``BEHAVIOURS`` aligned with ``world.source_items``.
+    """
+
+    category: np.ndarray
+    brand: np.ndarray
+    price: np.ndarray
+    behaviours: list
+
+
+def build_side_info(world: SyntheticWorld) -> SideInfo:
+    """Samples the side information of ``world`` (deterministic in its seed and knobs)."""
+    cfg = world.config
+    n, g, per_brand = cfg.n_items, cfg.n_genres, cfg.brands_per_genre
+    rng = _rng(world.seed, _PART_SIDE)
+    u = rng.random((n, 8))
+    other = (world.item_genre + 1 + np.minimum(np.floor(u[:, 1] * (g - 1)).astype(np.int64), g - 2)) % g
+    category = np.where(u[:, 0] < cfg.category_noise, other, world.item_genre)
+    category = np.where(u[:, 2] < cfg.p_missing_category, -1, category)
+    brand_genre = np.where(u[:, 3] < cfg.brand_cross, np.minimum(np.floor(u[:, 4] * g).astype(np.int64), g - 1), world.item_genre)
+    brand = brand_genre * per_brand + np.minimum(np.floor(u[:, 5] * per_brand).astype(np.int64), per_brand - 1)
+    brand = np.where(u[:, 6] < cfg.p_missing_brand, -1, brand)
+    genre_level = 2.0 + 2.0 * rng.random(g)
+    price = np.round(np.exp(genre_level[world.item_genre] + 0.5 * _normal(rng, n)), 2)
+    price = np.where(u[:, 7] < cfg.p_missing_price, np.nan, price)
+
+    rng = _rng(world.seed, _PART_BEHAVIOUR)
+    mean_taste = 0.5 * (world.theta_start + world.theta_end)
+    cdf_taste, cdf_other = np.cumsum(cfg.behaviour_probs_taste), np.cumsum(cfg.behaviour_probs_other)
+    behaviours = []
+    for user, items in enumerate(world.source_items):
+        draws = rng.random(len(items))
+        liked = mean_taste[user, world.item_genre[items]] >= cfg.behaviour_taste
+        behaviours.append(np.where(liked, _pick(cdf_taste, draws), _pick(cdf_other, draws)).astype(np.int64))
+    return SideInfo(category=category, brand=brand, price=price, behaviours=behaviours)
+
+
+def category_id(k: int) -> str:
+    return "g%02d" % (k + 1)
+
+
+def brand_id(k: int) -> str:
+    return "b%03d" % (k + 1)
+
+
+def _item_rows(side: SideInfo):
+    for i in range(len(side.category)):
+        cells = (
+            category_id(int(side.category[i])) if side.category[i] >= 0 else "",
+            brand_id(int(side.brand[i])) if side.brand[i] >= 0 else "",
+            "%.2f" % side.price[i] if np.isfinite(side.price[i]) else "",
+        )
+        if any(cells):  # an item with no feature at all has no row
+            yield "%s\t%s\n" % (item_id(i), "\t".join(cells))
+
+
+def write_side_files(world: SyntheticWorld, output_dir, side: SideInfo | None = None) -> dict:
+    """Writes ``source.item`` and ``source_behaviour.inter``; returns ``{name: {"bytes", "sha256"}}``."""
+    side = side or build_side_info(world)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / ITEM_FILE, ITEM_HEADER, _item_rows(side))
+    _write(
+        out / BEHAVIOUR_FILE,
+        BEHAVIOUR_HEADER,
+        (
+            "%s\t%s\t%d\t%s\n" % (user_id(u), item_id(i), t, BEHAVIOURS[b])
+            for u in range(world.config.n_users)
+            for i, t, b in zip(world.source_items[u].tolist(), world.source_times[u].tolist(), side.behaviours[u].tolist())
+        ),
+    )
+    return {name: file_info(out / name) for name in SIDE_FILES}
+
+
+def side_stats(side: SideInfo) -> dict:
+    """Missing shares of the item features and the behaviour shares (``Data/README.md``)."""
+    kinds = np.concatenate(side.behaviours)
+    return {
+        "missing_share": {
+            "category": float(np.mean(side.category < 0)),
+            "brand": float(np.mean(side.brand < 0)),
+            "price": float(np.mean(~np.isfinite(side.price))),
+            "all_fields": float(np.mean((side.category < 0) & (side.brand < 0) & ~np.isfinite(side.price))),
+        },
+        "behaviour_share": {name: float(np.mean(kinds == k)) for k, name in enumerate(BEHAVIOURS)},
+    }
+
+
 def generate(output_dir, seed: int = DEFAULT_SEED, **knobs) -> dict:
     """Samples the world and writes its files into ``output_dir``.
 
@@ -478,5 +598,8 @@ def generate(output_dir, seed: int = DEFAULT_SEED, **knobs) -> dict:
     world = build(seed, **knobs)
     result = stats(world)
     result["files"] = write_files(world, output_dir)
+    side = build_side_info(world)
+    result["files"].update(write_side_files(world, output_dir, side))
+    result["side"] = side_stats(side)
     result["output_dir"] = os.fspath(output_dir)
     return result

@@ -21,12 +21,21 @@ feature        stored as             meaning
 Records are dealt to the shards round-robin, so shard sizes differ by at most
 one record. The set is written into a sibling temporary directory and renamed
 into place at the end, so a failed write leaves nothing behind.
+
+The manifest (``metadata.json`` ``shards``) records each shard's ``records``,
+``bytes`` and ``sha256``. Every load checks that each shard exists with its
+recorded size (a truncated shard is named); :func:`verify_set`
+(``pipelines.convert --verify``) also checks the checksums and reads every
+record, so TFRecord's own CRCs catch a corrupted record and the record
+counts are compared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -188,9 +197,24 @@ def _write_shards(records: Iterable[Mapping], directory: str, num_shards: int) -
         for writer in writers:
             writer.close()
     return [
-        {"file": name, "records": count, "bytes": os.path.getsize(os.path.join(directory, name))}
+        {
+            "file": name,
+            "records": count,
+            "bytes": os.path.getsize(os.path.join(directory, name)),
+            "sha256": file_sha256(os.path.join(directory, name)),
+        }
         for name, count in zip(names, counts)
     ]
+
+
+def file_sha256(path: str, extra: bytes = b"") -> str:
+    """Returns the SHA-256 hex digest of a file's bytes followed by ``extra``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(extra)
+    return digest.hexdigest()
 
 
 def _move_into_place(temp_dir: str, output_dir: str, overwrite: bool) -> None:
@@ -259,6 +283,43 @@ def _check_shards(set_dir: str, shards: Sequence[Mapping]) -> None:
         size = os.path.getsize(shard_path)
         if size != shard["bytes"]:
             raise DataError(f"{shard_path}: shard has {size} bytes, {METADATA_FILENAME} records {shard['bytes']} (truncated or modified)")
+
+
+def verify_set(set_dir: str) -> dict:
+    """Fully checks a TFRecord set: sizes, SHA-256 checksums, record CRCs and record counts.
+
+    Returns:
+        ``{"shards", "records", "bytes", "checksums"}``; ``checksums`` is
+        False for a set written before the manifest recorded them (its
+        sizes, CRCs and counts are still checked).
+
+    Raises:
+        DataError: naming the first shard that is missing, truncated,
+            modified, corrupted or holds another number of records.
+    """
+    metadata = load_metadata(set_dir)
+    shards = metadata["shards"]
+    total_records = total_bytes = 0
+    for shard in shards:
+        path = os.path.join(set_dir, shard["file"])
+        if shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+            raise DataError(f"{path}: SHA-256 differs from {METADATA_FILENAME} (the shard was modified or corrupted)")
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                count += 1
+        except tf.errors.DataLossError as err:
+            reason = " ".join(re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|name:\s*$", "", err.message.splitlines()[0]).split())  # TF's decorations
+            raise DataError(f"{path}: corrupted record after {count} good ones ({reason})") from None
+        if count != shard["records"]:
+            raise DataError(f"{path}: holds {count} records, {METADATA_FILENAME} records {shard['records']}")
+        total_records, total_bytes = total_records + count, total_bytes + shard["bytes"]
+    return {
+        "shards": len(shards),
+        "records": total_records,
+        "bytes": total_bytes,
+        "checksums": all(shard.get("sha256") for shard in shards),
+    }
 
 
 def shard_files(set_dir: str) -> list[str]:

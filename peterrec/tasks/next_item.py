@@ -1,4 +1,4 @@
-"""Next-item pretraining task: NextItNet's objective at every position."""
+"""Next-item task: the next item at every position (NextItNet and the causal models of peterrec.models)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,31 @@ from peterrec import losses
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
 from peterrec.layers.dilated_block import conv_initializer
 
-LOSSES = ("full_softmax", "sampled_softmax")
+LOSSES = ("full_softmax", "sampled_softmax", *losses.PAIRWISE)
+OUTPUTS = ("dense", "tied")
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
 class NextItemTask(keras.Model):
-    """A backbone plus the next-item output head and loss.
+    """A backbone plus the next-item output layer and loss.
 
-    Full softmax (``loss="full_softmax"``): logits = Dense(ReLU(h)), the
-    original's 1x1 conv head. Sampled softmax: logits = h W^T + b with W
-    ~ N(0, 0.01), b = 0.1 and no ReLU, trained with ``num_sampled`` =
-    ``sampled_fraction`` of the vocabulary (20 % in the original).
+    Output layer (``output``):
+
+    * ``"dense"`` (NextItNet's): full softmax, BCE and BPR use logits =
+      Dense(ReLU(h)), the original's 1x1 conv head; sampled softmax uses
+      logits = h W^T + b with W ~ N(0, 0.01), b = 0.1 and no ReLU.
+    * ``"tied"`` (RecBole's SASRec, NARM, STAMP, GRU4Rec): logits = h E^T
+      with E the backbone's input item table (``item_embedding``); needs
+      ``backbone.output_dim == embedding_dim``. No new weights.
+
+    Losses (``loss``), each at every position with weight > 0:
+    ``full_softmax`` (cross-entropy over all ids), ``sampled_softmax``
+    (``num_sampled`` = ``sampled_fraction`` of the vocabulary, 20 % in the
+    original; unigram sampler), ``bce`` (one uniform negative per position:
+    -log s(pos) - log(1 - s(neg)), the original SASRec's) and ``bpr`` (one
+    uniform negative: -log s(pos - neg)); see :mod:`peterrec.losses`.
+    Reserved ids compete in training (as RecBole's padding id does) but never
+    in evaluation or serving.
 
     Training batches hold ``item_ids``, ``labels`` (the next item at each
     position) and ``sample_weight`` ``[batch, length]``; evaluation batches
@@ -29,22 +43,32 @@ class NextItemTask(keras.Model):
 
     Args:
         backbone: a sequence encoder returning ``[batch, length, C]``.
-        loss: "full_softmax" or "sampled_softmax".
+        loss: one of ``LOSSES``.
         item_counts: training count per id (sampled softmax's unigram sampler).
         sampled_fraction: share of the vocabulary drawn as negatives.
+        output: "dense" (default, NextItNet) or "tied".
     """
 
-    def __init__(self, backbone, loss="full_softmax", item_counts=None, sampled_fraction=0.2, **kwargs):
+    def __init__(self, backbone, loss="full_softmax", item_counts=None, sampled_fraction=0.2, output="dense", **kwargs):
         kwargs.setdefault("name", "next_item_task")
         super().__init__(**kwargs)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.backbone = backbone
         self.loss_name = loss
+        self.output_type = output
         self.sampled_fraction = float(sampled_fraction)
         vocab = backbone.vocabulary_size
         channels = getattr(backbone, "output_dim", backbone.embedding_dim)
-        if loss == "full_softmax":
+        if output == "tied":
+            if tuple(self.item_table.shape) != (vocab, channels):
+                raise ValueError(
+                    f"output='tied' needs the item table {tuple(self.item_table.shape)} to match "
+                    f"[vocabulary_size, output_dim] = [{vocab}, {channels}]"
+                )
+        elif loss != "sampled_softmax":
             self.head = keras.layers.Dense(vocab, kernel_initializer=conv_initializer(), name="logits")
             self.head.build((None, channels))
         else:
@@ -54,20 +78,40 @@ class NextItemTask(keras.Model):
                 name="softmax_w",
             )
             self.softmax_b = self.add_weight(shape=(vocab,), initializer=keras.initializers.Constant(0.1), name="softmax_b")
+        if loss == "sampled_softmax":
             counts = item_counts if item_counts is not None else [1] * vocab
             if len(counts) != vocab:
                 raise ValueError(f"item_counts has {len(counts)} entries, vocabulary_size is {vocab}")
             self.unigrams = losses.unigram_counts(counts)
             self.num_sampled = max(1, int(self.sampled_fraction * vocab))
+        if loss in losses.PAIRWISE:
+            self.negative_seed = keras.random.SeedGenerator(name="negative_seed")
+
+    @property
+    def item_table(self):
+        """The backbone's input item table ``[V, C]`` (the tied output layer)."""
+        return self.backbone.get_layer("item_embedding").embeddings
 
     def call(self, item_ids, training=None):
         return self.backbone(item_ids, training=training)
 
     def logits(self, hidden):
         """Scores over the whole vocabulary for hidden states ``[..., C]``."""
-        if self.loss_name == "full_softmax":
+        if self.output_type == "tied":
+            return ops.matmul(hidden, ops.transpose(ops.cast(self.item_table, hidden.dtype)))
+        if self.loss_name != "sampled_softmax":
             return self.head(ops.relu(hidden))
         return ops.matmul(hidden, ops.transpose(self.softmax_w)) + self.softmax_b
+
+    def item_scores(self, hidden, item_ids):
+        """The logits of ``item_ids`` ``[N]`` only, for hidden states ``[N, C]`` (BCE/BPR)."""
+        hidden = tf.cast(hidden, tf.float32)  # variables are float32 (also under mixed precision)
+        if self.output_type == "tied":
+            return tf.reduce_sum(hidden * tf.gather(self.item_table, item_ids), axis=-1)
+        if self.loss_name != "sampled_softmax":
+            kernel = tf.transpose(tf.gather(self.head.kernel, item_ids, axis=1))  # [N, C]
+            return tf.reduce_sum(tf.nn.relu(hidden) * kernel, axis=-1) + tf.gather(self.head.bias, item_ids)
+        return tf.reduce_sum(hidden * tf.gather(self.softmax_w, item_ids), axis=-1) + tf.gather(self.softmax_b, item_ids)
 
     # --- the training-loop contract -------------------------------------------------
     def loss_count(self, batch):
@@ -84,7 +128,17 @@ class NextItemTask(keras.Model):
             hidden, labels, weights = tf.boolean_mask(hidden, keep), tf.boolean_mask(labels, keep), tf.boolean_mask(weights, keep)
         if self.loss_name == "full_softmax":
             return losses.weighted_softmax_ce_sum(self.logits(hidden), labels, weights)
-        return losses.sampled_softmax_sum(self.softmax_w, self.softmax_b, hidden, labels, weights, self.num_sampled, self.unigrams)
+        if self.loss_name == "sampled_softmax":
+            if self.output_type == "tied":
+                table, biases = self.item_table, tf.zeros([self.backbone.vocabulary_size], tf.float32)
+            else:
+                table, biases = self.softmax_w, self.softmax_b
+            return losses.sampled_softmax_sum(table, biases, hidden, labels, weights, self.num_sampled, self.unigrams)
+        channels = hidden.shape[-1]
+        hidden, labels, weights = tf.reshape(hidden, [-1, channels]), tf.reshape(labels, [-1]), tf.reshape(weights, [-1])
+        negatives = losses.uniform_negatives(labels, self.backbone.vocabulary_size, seed=self.negative_seed)
+        positive, negative = self.item_scores(hidden, labels), self.item_scores(hidden, negatives)
+        return losses.pairwise_sum(self.loss_name, positive, negative, weights)
 
     def uses_candidate_sampler(self):
         return self.loss_name == "sampled_softmax"
@@ -103,12 +157,15 @@ class NextItemTask(keras.Model):
         return self.score_last(item_ids, lengths)
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "loss": self.loss_name,
             "sampled_fraction": self.sampled_fraction,
         }
+        if self.output_type != "dense":  # NextItNet exports keep their exact config.json
+            config["output"] = self.output_type
+        return config
 
     @classmethod
     def from_config(cls, config):

@@ -55,6 +55,13 @@ class TransferTask(keras.Model):
         l2: weight of the L2 penalty on the target table.
         finetune_mode: "finecls" restricts the backbone's trainable part to the
             SEP embedding row (the other modes are set on the backbone).
+        head_warmup_steps: for the first this many optimizer steps the backbone's
+            gradients are zeroed, so only the task side (target table) learns
+            ("linear probing, then finetuning"; 0 = the original, everything from
+            step 0). With Adam a zero gradient leaves a never-updated variable
+            exactly unchanged, so the backbone is frozen until the step count
+            (``optimizer.iterations``, checkpointed, so resuming keeps the phase)
+            reaches the value.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class TransferTask(keras.Model):
         l2=0.01,
         target_counts=None,
         finetune_mode="peterrec",
+        head_warmup_steps=0,
         **kwargs,
     ):
         kwargs.setdefault("name", "transfer_task")
@@ -82,7 +90,9 @@ class TransferTask(keras.Model):
         self.sampler = sampler
         self.rho = float(rho)
         self.l2 = float(l2)
+        self._negative_seed = int(np.random.randint(2**31 - 1))  # seeded by keras.utils.set_random_seed; see _negatives
         self.finetune_mode = finetune_mode
+        self.head_warmup_steps = int(head_warmup_steps)
         self.target_embedding = keras.layers.Embedding(
             self.num_targets,
             getattr(backbone, "output_dim", backbone.embedding_dim),
@@ -141,11 +151,18 @@ class TransferTask(keras.Model):
         return tf.cast(tf.size(batch[LABELS]), tf.float32)
 
     def _negatives(self, positives):
+        """Negative targets drawn statelessly from (task seed, optimizer step, replica): a run resumed from a
+        checkpoint draws exactly what the uninterrupted run would have drawn."""
         n = tf.shape(positives)[0]
+        ctx = tf.distribute.get_replica_context()
+        replica = tf.cast(ctx.replica_id_in_sync_group if ctx is not None else 0, tf.int64)
+        optimizer = getattr(self, "optimizer", None)
+        step = tf.cast(optimizer.iterations, tf.int64) if optimizer is not None else tf.constant(0, tf.int64)
+        seed = tf.stack([tf.constant(self._negative_seed, tf.int64), step * (ctx.num_replicas_in_sync if ctx else 1) + replica])
         if self.sampler == "lambdafm":
-            draws = tf.random.categorical(tf.tile(self.negative_log_probs, [n, 1]), 1, dtype=tf.int32)[:, 0]
+            draws = tf.random.stateless_categorical(tf.tile(self.negative_log_probs, [n, 1]), 1, seed, dtype=tf.int32)[:, 0]
             return draws  # may equal the positive, as in the original
-        draws = tf.random.uniform([n], NUM_RESERVED, self.num_targets - 1, dtype=tf.int32)
+        draws = tf.random.stateless_uniform([n], seed, NUM_RESERVED, self.num_targets - 1, dtype=tf.int32)
         return draws + tf.cast(draws >= positives, tf.int32)  # uniform over the other real targets
 
     def loss_sum(self, batch, training=True, static_shapes=False):
@@ -166,16 +183,26 @@ class TransferTask(keras.Model):
         return -tf.reduce_sum(tf.math.log_sigmoid(s_pos) + tf.math.log_sigmoid(-s_neg))
 
     def transform_gradients(self, grads, variables):
-        """FineCLS: of the source embeddings only the separator's row learns."""
-        if self.finetune_mode != "finecls":
+        """FineCLS: of the source embeddings only the separator's row learns.
+        Head warm-up: the backbone's gradients are zero for the first steps."""
+        if self.finetune_mode != "finecls" and not self.head_warmup_steps:
             return grads
         table = self.backbone.embedding.embeddings
+        backbone_paths = {v.path for v in self.backbone.trainable_variables}
+        gate = None
+        if self.head_warmup_steps:
+            gate = tf.cast(self.optimizer.iterations >= self.head_warmup_steps, tf.float32)
         out = []
         for grad, var in zip(grads, variables):
-            if var is table or getattr(var, "path", None) == table.path:
+            if grad is not None and self.finetune_mode == "finecls" and var.path == table.path:
                 grad = tf.convert_to_tensor(grad)
                 keep = tf.cast(tf.range(tf.shape(grad)[0]) == self.separator_id, grad.dtype)[:, None]
                 grad = grad * keep
+            if grad is not None and gate is not None and var.path in backbone_paths:
+                if isinstance(grad, tf.IndexedSlices):
+                    grad = tf.IndexedSlices(grad.values * tf.cast(gate, grad.values.dtype), grad.indices, grad.dense_shape)
+                else:
+                    grad = grad * tf.cast(gate, grad.dtype)
             out.append(grad)
         return out
 
@@ -201,6 +228,7 @@ class TransferTask(keras.Model):
             "rho": self.rho,
             "l2": self.l2,
             "finetune_mode": self.finetune_mode,
+            "head_warmup_steps": self.head_warmup_steps,
         }
 
     @classmethod

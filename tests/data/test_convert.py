@@ -123,7 +123,9 @@ def test_min_seq_len_skips_are_counted_and_raised_for_loo(tmp_path):
     metadata = convert(path, "inter", str(tmp_path / "a"), min_seq_len=1)
     assert metadata["filters"]["min_seq_len"] == 3 and metadata["filters"]["min_seq_len_requested"] == 1
     assert metadata["notes"] and "raised" in metadata["notes"][0]
-    metadata = convert(path, "inter", str(tmp_path / "b"), min_seq_len=4)
+    with pytest.raises(DataError, match=r"2 of 3 users \(66\.7%\) have fewer than 4 interactions.*--max_skipped_share 0\.5"):
+        convert(path, "inter", str(tmp_path / "b"), min_seq_len=4)
+    metadata = convert(path, "inter", str(tmp_path / "b"), min_seq_len=4, max_skipped_share=0.7)
     assert metadata["counts"]["users_skipped_short"] == 2 and metadata["counts"]["users_kept"] == 1
 
 

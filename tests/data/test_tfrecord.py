@@ -123,3 +123,25 @@ def test_missing_or_invalid_metadata(tmp_path):
 def test_bad_num_shards(tmp_path):
     with pytest.raises(ConfigError, match="num_shards"):
         write(tmp_path, num_shards=0)
+
+
+def test_manifest_checksums_and_full_verification(tmp_path):
+    from peterrec.data.tfrecord import file_sha256, verify_set
+
+    metadata = write(tmp_path)
+    set_dir = tmp_path / "set"
+    assert all(shard["sha256"] == file_sha256(str(set_dir / shard["file"])) for shard in metadata["shards"])
+    assert verify_set(str(set_dir)) == {"shards": 2, "records": 4, "bytes": sum(s["bytes"] for s in metadata["shards"]), "checksums": True}
+    shard = set_dir / "data-00000-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF  # same size: only the checksum (or the record CRC) sees it
+    shard.write_bytes(bytes(data))
+    load_metadata(str(set_dir))  # the cheap size check on every load passes
+    with pytest.raises(DataError, match=r"data-00000-of-00002\.tfrecord: SHA-256 differs"):
+        verify_set(str(set_dir))
+    manifest = json.load(open(set_dir / "metadata.json"))
+    for entry in manifest["shards"]:
+        del entry["sha256"]  # a set from before checksums: the TFRecord CRC still catches the flipped byte
+    json.dump(manifest, open(set_dir / "metadata.json", "w"))
+    with pytest.raises(DataError, match=r"data-00000-of-00002\.tfrecord: corrupted record after 1 good ones \(corrupted record at \d+\)"):
+        verify_set(str(set_dir))
