@@ -94,6 +94,9 @@ def _row(entry):
         "test_ndcg@10": m["test"]["ndcg@10"],
         "test_mrr@10": m["test"]["mrr@10"],
         "valid_mrr@10": m["valid"]["mrr@10"],
+        "selected_epoch": m["selected_epoch"],
+        "epochs_run": m["epochs_run"],
+        "popularity_test_mrr@10": m["popularity"]["test"]["mrr@10"],
         "generated": generation.get("generated"),
         "generated_share": generation.get("generated_share"),
         "flip_rate": flip,
@@ -120,8 +123,8 @@ def write_results(args, entries):
         f"leave-one-out, {args.max_len} items of context, full ranking over all items; the other CASR knobs at their defaults "
         "(`--iter 1 --kappa 0 --tao 0.1`, intervention 2nd-most-recent item). Δ = relative change of test MRR@10 vs the anchor alone.",
         "",
-        "| sampler → anchor | method | test HR@10 | test NDCG@10 | test MRR@10 | Δ MRR@10 | generated (share of prefixes) | flip rate | generation s | anchor train s | job wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sampler → anchor | method | test HR@10 | test NDCG@10 | test MRR@10 | Δ MRR@10 | valid MRR@10 | epoch (selected) | generated (share of prefixes) | flip rate | generation s | anchor train s | job wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = {}
     for r in rows:
@@ -132,11 +135,14 @@ def write_results(args, entries):
         generated = "—" if r["generated"] is None else f"{r['generated']:,} ({r['generated_share']:.1%})"
         lines.append(
             f"| {r['sampler']} → {r['anchor']} | {r['method']} | {r['test_hr@10']:.4f} | {r['test_ndcg@10']:.4f} | {r['test_mrr@10']:.4f} | "
-            f"{fmt(delta, '+.1%')} | {generated} | {fmt(r['flip_rate'], '.3f')} | {fmt(r['generation_seconds'], '.0f')} | "
+            f"{fmt(delta, '+.1%')} | {r['valid_mrr@10']:.4f} | {r['epochs_run']} ({r['selected_epoch']}) | {generated} | {fmt(r['flip_rate'], '.3f')} | {fmt(r['generation_seconds'], '.0f')} | "
             f"{r['train_wall_seconds']:.0f} | {fmt(r['job_wall_seconds'], '.0f')} |"
         )
     samplers = sorted({(r["sampler"], r["sampler_test_mrr@10"]) for r in rows})
-    lines += ["", "Samplers (trained as `pipelines.train`, same settings): " + ", ".join(f"{s} test MRR@10 {v:.4f}" for s, v in samplers) + "."]
+    lines += ["", "Samplers (trained as `pipelines.train`, same settings): " + ", ".join(f"{s} test MRR@10 {v:.4f}" for s, v in samplers)
+              + f"; popularity test MRR@10 {rows[0]['popularity_test_mrr@10']:.4f}. One seed per row and the seed-to-seed spread was "
+              "not measured, so differences of a few thousandths of MRR@10 are not established; the generated-samples count of `ad` is the prefixes "
+              "it intervenes on in every step, its flip rate the in-step one."]
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(rows, os.path.join(RESULTS, f"{args.name}.png"))
