@@ -14,27 +14,15 @@ parameters, the ratio to the pretrained backbone, and wall time, as mean ± sd o
 import argparse
 import json
 import os
-import statistics
 import time
 
 import keras
 
 from peterrec import finetuning, pretraining
+from peterrec.benchmarking import fmt, mean_sd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-
-
-def mean_sd(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def fmt(values, digits=4):
-    m, s = mean_sd(values)
-    return "—" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 # Named variants beyond (mode, insertion): extra FinetuneConfig fields and a label suffix.
