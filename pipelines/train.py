@@ -33,7 +33,7 @@ common.define_grec_flags()
 common.define_zoo_flags()
 flags.DEFINE_string(
     "model", "nextitnet",
-    "Model to train: nextitnet, grec, sasrec, narm, stamp, gru4rec or caser (an unknown name is refused).",
+    "Model to train: nextitnet, grec, sasrec, narm, stamp, gru4rec, caser, atrank or miir (an unknown name is refused).",
 )
 flags.DEFINE_integer("T", 3, "caser: targets per window.", lower_bound=1)
 flags.DEFINE_integer("nv", 4, "caser: vertical convolution filters.", lower_bound=0)
@@ -43,14 +43,21 @@ flags.DEFINE_string("ac_fc", "relu", "caser: activation of the fully connected l
 flags.DEFINE_integer("neg_samples", 3, "caser: negatives per window (never items of the user's history).", lower_bound=1)
 flags.DEFINE_float("caser_l2", 1e-6, "caser: the original's Adam weight decay (as an L2 penalty).", lower_bound=0.0)
 flags.DEFINE_bool("tied", False, "caser: RecBole's variant (tied output layer, cross-entropy over all items).")
+flags.DEFINE_string("item_data", None, "atrank, miir: item side information (.item files and/or Amazon meta_*.json, comma-separated; "
+                    "default Data/synthetic/source.item).")
+flags.DEFINE_string("item_fields", None, "atrank, miir: comma-separated feature fields to use (default: the model's).")
+flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "atrank: the original's SGD (1.0, dropping to 0.1) or Adam.")
+flags.DEFINE_enum("attention", None, ["dfsa", "sfsa"], "miir: dense or sparse fusion self-attention.")
+flags.DEFINE_string("pretrained", None, "miir: an MII pretraining export to finetune from.")
 FLAGS = flags.FLAGS
+SIDE_INFO_MODELS = ("atrank", "miir")
 CASER_DEFAULTS = {"max_len": 5, "embedding_dim": 50, "dropout": 0.5, "batch_size": 512}
 
 
 def model_names():
     from peterrec.pretraining import BACKBONES
 
-    return (*BACKBONES, "caser")
+    return (*BACKBONES, "caser", *SIDE_INFO_MODELS)
 
 
 def caser_config():
@@ -63,6 +70,21 @@ def caser_config():
         drop_rate=given("dropout"), neg_samples=FLAGS.neg_samples, l2=FLAGS.caser_l2, tied=FLAGS.tied, batch_size=given("batch_size"),
         eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, seed=FLAGS.seed,
     ).validate()
+
+
+def side_info_config(model):
+    """ATRankConfig / MIIRConfig from the flags the user set (unset flags keep the originals' defaults,
+    e.g. ATRank's SGD 1.0 and batch 32, not the shared flags' Adam defaults)."""
+    import dataclasses
+
+    from peterrec.tasks import side_info
+
+    config_class = side_info.ATRankConfig if model == "atrank" else side_info.MIIRConfig
+    names = {f.name for f in dataclasses.fields(config_class)} - {"item_fields", "model_dir"}
+    kwargs = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
+    if FLAGS.item_fields:
+        kwargs["item_fields"] = tuple(f for f in FLAGS.item_fields.split(",") if f)
+    return config_class(**kwargs, model_dir=FLAGS.model_dir or os.path.join("checkpoints", f"train-{model}"))
 
 
 def config_from_flags():
@@ -87,6 +109,13 @@ def main(argv):
         cfg = common.job_config_from_flags(PretrainConfig, backbone="nextitnet", model_dir=model_dir, max_len=max(FLAGS.max_len, 2))
         metrics = pretraining.run_caser(cfg, caser_config())
         common.print_summary(model_dir, metrics)
+        return
+    if FLAGS.model in SIDE_INFO_MODELS:
+        from peterrec.tasks import side_info
+
+        cfg = side_info_config(FLAGS.model)
+        metrics = (side_info.run_atrank if FLAGS.model == "atrank" else side_info.run_miir)(cfg)
+        common.print_summary(cfg.model_dir, metrics)
         return
     cfg = config_from_flags()
     metrics = pretraining.run(cfg)

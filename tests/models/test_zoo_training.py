@@ -130,6 +130,16 @@ def test_cli_trains_into_checkpoints_train_model(small_world, tmp_path):
     assert json.loads(done.stdout[done.stdout.index("{"):])["model_dir"] == os.path.join("checkpoints", "train-stamp")
 
 
+@pytest.mark.parametrize("model", ["atrank", "miir"])
+def test_cli_trains_side_information_models(small_world, tmp_path, model):
+    done = _cli(["--model", model, "--data", str(small_world / "source.inter"), "--item_data", os.path.join(REPO, "Data", "synthetic", "source.item"),
+                 "--epochs", "1", "--embedding_dim", "8", "--batch_size", "256", "--max_len", "10", "--num_shards", "2"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model_dir = tmp_path / "checkpoints" / f"train-{model}"
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["test"]["users"] > 0 and (model_dir / "export").is_dir()
+
+
 def test_cli_trains_caser(small_world, tmp_path):
     done = _cli(["--model", "caser", "--data", str(small_world / "source.inter"), "--epochs", "1", "--embedding_dim", "8",
                  "--nh", "2", "--num_shards", "2"], cwd=tmp_path)
