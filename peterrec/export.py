@@ -24,6 +24,7 @@ reader never sees a partial export and the previous version stays valid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,20 +50,34 @@ METRICS_FILE = "metrics.json"
 EXPORT_DIR = "export"
 
 
-def write_json(path, payload):
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+def write_atomic(path, fill, encoding=None):
+    """Write the text file ``path`` atomically: ``fill(file)`` writes a temp file in the same directory
+    (created if missing), which is then renamed into place; on any error the temp file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding=encoding) as f:
+            fill(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json(path, payload):
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
+
+
+def file_sha256(path):
+    """The sha256 hex digest of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def versions(export_root):

@@ -18,16 +18,14 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-import peterrec
-from peterrec import distribute, export, patches
+from peterrec import export, patches, runner
 from peterrec.backbones.nextitnet import NextItNetBackbone
 from peterrec.data import convert, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
-from peterrec.jobs import JobConfig, check, check_job_config, count_params, evaluate_splits, plot_history, raise_if_failed
+from peterrec.jobs import JobConfig, check, count_params
 from peterrec.tasks.transfer import LOSSES, SAMPLERS, TASK_TYPES, TransferTask
 from peterrec.training import Trainer, TrainInputs
 
@@ -137,20 +135,7 @@ def build_backbone(backbone_config, cfg, weights_path):
 
 def prepare_data(cfg, vocab):
     targets = cfg.resolved_targets()
-    set_dir = convert.resolve_data(
-        cfg.data,
-        cfg.format,
-        cfg.tfrecord_dir,
-        vocab=vocab,
-        num_shards=cfg.num_shards,
-        split="random",
-        valid_fraction=cfg.valid_fraction,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        min_seq_len=1,
-        targets=targets,
-        max_skipped_share=cfg.max_skipped_share,
-    )
+    set_dir = runner.resolve_set(cfg, vocab, split="random", min_seq_len=1, targets=targets)
     metadata = finetune_dataset.set_metadata(set_dir)
     where = targets or cfg.data
     if "target_pairs" not in metadata:
@@ -216,8 +201,7 @@ def run(cfg: FinetuneConfig):
     }
     if not cfg.head_warmup_epochs:
         record.pop("head_warmup_epochs")  # runs from before the option still resume
-    os.makedirs(model_dir, exist_ok=True)
-    check_job_config(model_dir, record)
+    runner.open_model_dir(model_dir, record)
 
     def task_fn():
         backbone = build_backbone(pre_config["backbone"], cfg, weights_path)
@@ -252,28 +236,20 @@ def run(cfg: FinetuneConfig):
         num_negatives=cfg.num_negatives,
         ks=(1,) if classify else (5, 10),
     )
-    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
-    trainer = Trainer(task_fn, inputs, model_dir, train_cfg, strategy)
-    result = trainer.fit()
+    trainer = Trainer(task_fn, inputs, model_dir, train_cfg, runner.strategy_for(cfg))
+    result, evaluation, eval_seconds = runner.fit_and_evaluate(trainer, target_vocab.counts)
     task = trainer.task
 
-    valid, test, popularity, eval_seconds = evaluate_splits(trainer, target_vocab.counts)
     pretrained_params = count_params([w for w in task.backbone.weights if "/patch" not in w.path])
     trainable = sum(int(np.prod(a.shape)) for a in patches.trained_arrays(task).values())  # FineCLS: one embedding row
     metrics = {
-        "valid": valid,
-        "test": test,
-        "popularity": popularity,
+        **evaluation,
         "task": cfg.task,
         "finetune_mode": cfg.finetune_mode,
         "insertion": cfg.insertion if cfg.finetune_mode == "peterrec" else None,
         "backbone": backbone_name,
         "eval_protocol": cfg.resolved_protocol(),
-        "selected_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "global_step": result.global_step,
-        "train_wall_seconds": round(result.train_seconds, 2),
-        "eval_wall_seconds": round(eval_seconds, 2),
+        **runner.fit_metrics(result, eval_seconds),
         "total_params": count_params(task.weights),
         "trainable_params": trainable,
         "pretrained_backbone_params": pretrained_params,
@@ -281,29 +257,19 @@ def run(cfg: FinetuneConfig):
         "source_oov_share": oov_share,
         "data": {"set_dir": set_dir, "target_vocab_size": target_vocab.size, "target_pairs": metadata["target_pairs"]},
         "pretrained_export": os.path.abspath(export_dir),
-        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+        "versions": runner.versions(),
     }
     if classify:
         metrics["test"].update(macro_f1(task, inputs.evaluate("test", None)))
         metrics["valid"].update(macro_f1(task, inputs.evaluate("valid", None)))
-    if not trainer.is_chief:
-        return metrics  # multi-worker: only the chief exports and writes metrics
-    raise_if_failed(result, model_dir, metrics)  # NaN/Inf or diverged: metrics.json, then an error naming the step
-    metrics["export_dir"] = export.export_model(
-        task,
-        vocab,
-        model_dir,
-        max_len=max_len,
-        top_k=cfg.top_k,
-        metrics=metrics,
-        kind="finetune",
-        output_vocab=target_vocab,
-        extra_config={"job": record, "backbone_name": backbone_name},
-    )
-    metrics["patch_dir"] = patches.save_patch(task, model_dir, export_dir, target_vocab, max_len=max_len, metrics=metrics)
-    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
-    plot_history(result.history, os.path.join(model_dir, "curves.png"), monitor=train_cfg.monitor)
-    return metrics
+
+    def save_patch(metrics):
+        metrics["patch_dir"] = patches.save_patch(task, model_dir, export_dir, target_vocab, max_len=max_len, metrics=metrics)
+
+    export_kwargs = dict(task=task, vocab=vocab, max_len=max_len, top_k=cfg.top_k, kind="finetune", output_vocab=target_vocab,
+                         extra_config={"job": record, "backbone_name": backbone_name})
+    return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs, after_export=save_patch,
+                         monitor=train_cfg.monitor)
 
 
 __all__ = ["FinetuneConfig", "run", "MODES", "INSERTIONS"]

@@ -82,8 +82,13 @@ def check(ok, flag, message):
 
 
 def check_job_config(model_dir, record):
-    """Lock ``model_dir`` for this job (chief only) and refuse one that holds a run with an incompatible configuration."""
-    if locking.is_chief_task(record.get("tf_config")):
+    """Lock ``model_dir`` for this job and refuse one that holds a run with an incompatible configuration.
+
+    Only the chief locks it and writes ``job_config.json``; another multi-worker task only checks an
+    existing one (it never writes into ``model_dir``).
+    """
+    chief = locking.is_chief_task(record.get("tf_config"))
+    if chief:
         locking.acquire(model_dir)
     path = os.path.join(model_dir, JOB_CONFIG)
     if os.path.exists(path):
@@ -99,7 +104,8 @@ def check_job_config(model_dir, record):
                 f"--model_dir {model_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
                 "Use another --model_dir, or delete that directory to start over."
             )
-    export.write_json(path, record)
+    if chief:
+        export.write_json(path, record)
 
 
 def raise_if_failed(result, model_dir, metrics):

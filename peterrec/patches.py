@@ -41,21 +41,13 @@ PATCH_CONFIG = "patch.json"
 SEP_ROW_KEY = "item_embedding/embeddings[separator]"
 
 
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def backbone_reference(export_dir):
     """``{"config_sha256", "weights_sha256"}`` identifying a pretraining export's backbone."""
     config = export.read_config(export_dir)
     canonical = json.dumps(config["backbone"], sort_keys=True).encode()
     return {
         "config_sha256": hashlib.sha256(canonical).hexdigest(),
-        "weights_sha256": _sha256_file(os.path.join(export_dir, export.BACKBONE_WEIGHTS)),
+        "weights_sha256": export.file_sha256(os.path.join(export_dir, export.BACKBONE_WEIGHTS)),
     }
 
 

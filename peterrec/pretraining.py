@@ -34,21 +34,20 @@ import inspect
 import os
 
 import keras
-import tensorflow as tf
 
-import peterrec
-from peterrec import distribute, export, losses
+from peterrec import losses, runner
 from peterrec.backbones.nextitnet import DEFAULT_DILATIONS, NextItNetBackbone
-from peterrec.data import convert, dataset, tfrecord
+from peterrec.data import dataset, tfrecord
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
 from peterrec.tasks.masked_item import MaskedItemTask
+from peterrec.models.caser import CaserConfig
 from peterrec.models.gru4rec import GRU4RecBackbone
 from peterrec.models.narm import NARMBackbone
 from peterrec.models.sasrec import SASRecBackbone
 from peterrec.models.stamp import STAMPBackbone
 from peterrec.tasks.next_item import LOSSES, OUTPUTS, NextItemTask
-from peterrec.jobs import JobConfig, check, check_job_config, count_params, evaluate_splits, plot_history, raise_if_failed
+from peterrec.jobs import check, count_params
 from peterrec.training import Trainer, TrainInputs
 
 ZOO_MODELS = {"sasrec": SASRecBackbone, "narm": NARMBackbone, "stamp": STAMPBackbone, "gru4rec": GRU4RecBackbone}
@@ -63,24 +62,14 @@ MIN_MAX_LEN = 2  # every backbone needs one input and one label per window
 
 
 @dataclasses.dataclass
-class PretrainConfig(JobConfig):
-    """Settings of a pretraining job (``pipelines.pretrain`` flags map 1:1 onto these fields)."""
+class PretrainConfig(runner.DataConfig):
+    """Settings of a pretraining job (``pipelines.pretrain`` flags map 1:1 onto these fields).
 
-    data: str = "Data/synthetic/source.inter"
-    format: str = "auto"
-    tfrecord_dir: str = "tfrecords"
-    vocab_from: str | None = None
-    model_dir: str | None = None  # default checkpoints/pretrain-<backbone>
+    The data settings are :class:`peterrec.runner.DataConfig`'s (``model_dir``
+    defaults to ``checkpoints/pretrain-<backbone>``, ``train-<model>`` for the zoo).
+    """
+
     backbone: str = "nextitnet"
-    # data preparation (used when --data is a raw file)
-    num_shards: int = 8
-    split: str = "loo"
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    min_seq_len: int = 3
-    k_core: int = 0
-    dedup: bool = False
-    rating_threshold: float | None = None
     # model
     embedding_dim: int = 64
     dilations: tuple = DEFAULT_DILATIONS
@@ -184,22 +173,7 @@ class PretrainConfig(JobConfig):
 def prepare_data(cfg):
     """Resolve ``--data`` to a TFRecord set; returns ``(set_dir, metadata, vocab)``."""
     vocab = Vocabulary.load(cfg.vocab_from) if cfg.vocab_from else None
-    set_dir = convert.resolve_data(
-        cfg.data,
-        cfg.format,
-        cfg.tfrecord_dir,
-        vocab=vocab,
-        num_shards=cfg.num_shards,
-        split=cfg.split,
-        valid_fraction=cfg.valid_fraction,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        min_seq_len=cfg.min_seq_len,
-        k_core=cfg.k_core,
-        dedup=cfg.dedup,
-        rating_threshold=cfg.rating_threshold,
-        max_skipped_share=cfg.max_skipped_share,
-    )
+    set_dir = runner.resolve_set(cfg, vocab)
     metadata = tfrecord.load_metadata(set_dir)
     oov = metadata.get("counts", {}).get("oov_interactions", 0)
     if oov:
@@ -214,54 +188,28 @@ def prepare_data(cfg):
 
 
 def build_inputs(set_dir, metadata, cfg):
+    """``TrainInputs``: next-item windows (``max_len`` items every ``stride``), or for the GRec encoder masked
+    chunks (scored with the end mask); the same evaluation rows for both."""
     if cfg.backbone == "grec":
-        return _build_cloze_inputs(set_dir, metadata, cfg)
-    steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size)
+        steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
+        targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
+        train_dataset, train_settings = dataset.cloze_train_dataset, dict(
+            vocabulary_size=int(metadata["vocab_size"]), mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions
+        )
+    else:
+        steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size)
+        targets = dataset.num_train_targets(metadata)
+        train_dataset, train_settings = dataset.train_dataset, dict(stride=cfg.stride, pad_as_item=cfg.pad_as_item)
 
     def train_fn(epoch, skip_steps, ctx):
-        return dataset.train_dataset(
-            set_dir,
-            max_len=cfg.max_len,
-            stride=cfg.stride,
-            batch_size=cfg.batch_size,
-            steps=steps,
-            seed=cfg.seed,
-            epoch=epoch,
-            skip_steps=skip_steps,
-            pad_as_item=cfg.pad_as_item,
-            input_context=ctx,
+        return train_dataset(
+            set_dir, max_len=cfg.max_len, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch, skip_steps=skip_steps,
+            input_context=ctx, **train_settings,
         )
 
     def eval_fn(split, ctx):
         return dataset.eval_dataset(set_dir, split, max_len=cfg.max_len, batch_size=cfg.eval_batch_size, input_context=ctx)
 
-    return TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=dataset.num_train_targets(metadata))
-
-
-def _build_cloze_inputs(set_dir, metadata, cfg):
-    """GRec encoder: masked chunks for training, the same evaluation views (scored with the end mask)."""
-    vocabulary_size = int(metadata["vocab_size"])
-    steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
-
-    def train_fn(epoch, skip_steps, ctx):
-        return dataset.cloze_train_dataset(
-            set_dir,
-            max_len=cfg.max_len,
-            batch_size=cfg.batch_size,
-            steps=steps,
-            seed=cfg.seed,
-            epoch=epoch,
-            skip_steps=skip_steps,
-            vocabulary_size=vocabulary_size,
-            mask_prob=cfg.mask_prob,
-            max_predictions=cfg.max_predictions,
-            input_context=ctx,
-        )
-
-    def eval_fn(split, ctx):
-        return dataset.eval_dataset(set_dir, split, max_len=cfg.max_len, batch_size=cfg.eval_batch_size, input_context=ctx)
-
-    targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
     return TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=targets)
 
 
@@ -312,53 +260,73 @@ def run(cfg: PretrainConfig):
     keras.utils.set_random_seed(cfg.seed)
     model_dir = cfg.resolved_model_dir()
     set_dir, metadata, vocab = prepare_data(cfg)
-    record = job_record(cfg) | {"data_vocab_hash": vocab.hash, "data_set": os.path.basename(set_dir)}
-    os.makedirs(model_dir, exist_ok=True)
-    check_job_config(model_dir, record)
-
-    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
+    record = job_record(cfg) | runner.data_identity(set_dir, vocab)
+    strategy = runner.open_job(cfg, model_dir, record)
     inputs = build_inputs(set_dir, metadata, cfg)
     trainer = Trainer(lambda: build_task(cfg, vocab), inputs, model_dir, cfg.train_config(), strategy)
-    result = trainer.fit()
+    result, evaluation, eval_seconds = runner.fit_and_evaluate(trainer, vocab.counts)
     task = trainer.task
-
-    valid, test, popularity, eval_seconds = evaluate_splits(trainer, vocab.counts)
     metrics = {
-        "valid": valid,
-        "test": test,
-        "popularity": popularity,
-        "selected_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "global_step": result.global_step,
-        "stopped_early": result.stopped_early,
-        "stopped_on_nan": result.stopped_on_nan,
-        "train_wall_seconds": round(result.train_seconds, 2),
-        "eval_wall_seconds": round(eval_seconds, 2),
-        "trained_positions_per_second": round(result.positions_per_second, 1),
-        "users_per_second_eval": round((valid["users"] + test["users"]) / max(eval_seconds, 1e-9), 1),
-        "total_params": count_params(task.weights),
-        "trainable_params": count_params(task.trainable_weights),
+        **evaluation,
+        **runner.fit_metrics(result, eval_seconds),
+        "users_per_second_eval": round((evaluation["valid"]["users"] + evaluation["test"]["users"]) / max(eval_seconds, 1e-9), 1),
+        **runner.param_counts(task),
         "backbone_params": count_params(task.backbone.weights),
         "eval_protocol": cfg.eval_protocol,
-        "data": {"set_dir": set_dir, "vocab_size": vocab.size, "vocab_hash": vocab.hash, "counts": metadata.get("counts", {})},
-        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+        "data": runner.data_summary(set_dir, vocab, metadata),
+        "versions": runner.versions(),
     }
-    if not trainer.is_chief:
-        return metrics  # multi-worker: only the chief exports and writes metrics
-    raise_if_failed(result, model_dir, metrics)  # NaN/Inf or diverged: metrics.json, then an error naming the step
-    export_dir = export.export_model(
-        task,
-        vocab,
-        model_dir,
-        max_len=cfg.max_len,
-        top_k=cfg.top_k,
-        metrics=metrics,
-        extra_config={"job": record, "backbone_name": cfg.backbone},
-    )
-    metrics["export_dir"] = export_dir
-    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
-    plot_history(result.history, os.path.join(model_dir, "curves.png"))
-    return metrics
+    export_kwargs = dict(task=task, vocab=vocab, max_len=cfg.max_len, top_k=cfg.top_k,
+                         extra_config={"job": record, "backbone_name": cfg.backbone})
+    return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs)
+
+
+_CASER = CaserConfig()  # the seed's defaults
+# Caser's own defaults of the shared settings (caser_pytorch's L, d, drop_rate and batch size).
+CASER_DEFAULTS = {"max_len": _CASER.L, "embedding_dim": _CASER.d, "dropout": _CASER.drop_rate, "batch_size": _CASER.batch_size}
+
+
+@dataclasses.dataclass
+class CaserTrainConfig(runner.DataConfig):
+    """``--model caser`` for tune/benchmark: the shared data/training settings plus Caser's knobs (flag names).
+
+    ``max_len`` is Caser's ``L``, ``embedding_dim`` its ``d``, ``dropout`` its
+    ``drop_rate``, ``caser_l2`` its ``l2``; defaults are Caser's own (as
+    ``pipelines.train --model caser`` gives them), the rest are the shared
+    training defaults. :meth:`caser` is the :class:`~peterrec.models.caser.CaserConfig`.
+    """
+
+    max_len: int = CASER_DEFAULTS["max_len"]
+    embedding_dim: int = CASER_DEFAULTS["embedding_dim"]
+    dropout: float = CASER_DEFAULTS["dropout"]
+    batch_size: int = CASER_DEFAULTS["batch_size"]
+    T: int = _CASER.T
+    nv: int = _CASER.nv
+    nh: int = _CASER.nh
+    ac_conv: str = _CASER.ac_conv
+    ac_fc: str = _CASER.ac_fc
+    neg_samples: int = _CASER.neg_samples
+    caser_l2: float = _CASER.l2
+    tied: bool = _CASER.tied
+
+    def caser(self):
+        return CaserConfig(
+            L=self.max_len, T=self.T, d=self.embedding_dim, nv=self.nv, nh=self.nh, ac_conv=self.ac_conv, ac_fc=self.ac_fc,
+            drop_rate=self.dropout, neg_samples=self.neg_samples, l2=self.caser_l2, tied=self.tied, batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size, learning_rate=self.learning_rate, epochs=self.epochs, seed=self.seed,
+        )
+
+    def resolved_model_dir(self):
+        return self.model_dir or os.path.join("checkpoints", "train-caser")
+
+    def validate(self):
+        self.validate_common()
+        self.caser().validate()
+
+
+def run_caser_job(cfg: CaserTrainConfig):
+    """:func:`run_caser` from one :class:`CaserTrainConfig` (what tune/benchmark call for ``caser``)."""
+    return run_caser(dataclasses.replace(cfg, model_dir=cfg.resolved_model_dir()), cfg.caser())
 
 
 def run_caser(cfg: PretrainConfig, caser):
@@ -378,37 +346,20 @@ def run_caser(cfg: PretrainConfig, caser):
     set_dir, metadata, vocab = prepare_data(cfg)
     job = build_caser_job(caser, set_dir, metadata, vocab)  # validates the knobs against the data
     record = {"model": "caser", "caser": dataclasses.asdict(caser), "data": cfg.data, "split": cfg.split,
-              "data_vocab_hash": vocab.hash, "data_set": os.path.basename(set_dir)}
-    os.makedirs(model_dir, exist_ok=True)
-    check_job_config(model_dir, record)
-    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
+              **runner.data_identity(set_dir, vocab)}
+    strategy = runner.open_job(cfg, model_dir, record)
     train_cfg = cfg.train_config(epochs=caser.epochs, learning_rate=caser.learning_rate, seed=caser.seed)
     trainer = Trainer(job.task_factory, job.inputs, model_dir, train_cfg, strategy)
-    result = trainer.fit()
+    result, evaluation, eval_seconds = runner.fit_and_evaluate(trainer, vocab.counts)
     task = trainer.task
-    valid, test, popularity, eval_seconds = evaluate_splits(trainer, vocab.counts)
     metrics = {
-        "valid": valid,
-        "test": test,
-        "popularity": popularity,
+        **evaluation,
         "caser_metrics": {split: job.caser_metrics(task, split) for split in ("valid", "test")},
-        "selected_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "global_step": result.global_step,
-        "train_wall_seconds": round(result.train_seconds, 2),
-        "eval_wall_seconds": round(eval_seconds, 2),
-        "trained_positions_per_second": round(result.positions_per_second, 1),
-        "total_params": count_params(task.weights),
-        "trainable_params": count_params(task.trainable_weights),
-        "data": {"set_dir": set_dir, "vocab_size": vocab.size, "vocab_hash": vocab.hash, "counts": metadata.get("counts", {})},
-        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+        **runner.fit_metrics(result, eval_seconds),
+        **runner.param_counts(task),
+        "data": runner.data_summary(set_dir, vocab, metadata),
+        "versions": runner.versions(),
     }
-    if not trainer.is_chief:
-        return metrics
-    raise_if_failed(result, model_dir, metrics)
-    export_dir = export.export_model(task, vocab, model_dir, max_len=caser.L, top_k=cfg.top_k, metrics=metrics,
-                                     extra_config={"job": record, "backbone_name": "caser"})
-    metrics["export_dir"] = export_dir
-    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
-    plot_history(result.history, os.path.join(model_dir, "curves.png"))
-    return metrics
+    export_kwargs = dict(task=task, vocab=vocab, max_len=caser.L, top_k=cfg.top_k,
+                         extra_config={"job": record, "backbone_name": "caser"})
+    return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs)

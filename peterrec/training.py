@@ -14,11 +14,16 @@ step run through ``strategy.run``:
   end, so re-running the same job resumes where it stopped, mid-epoch
   included (the epoch's data order is a function of the seed and the epoch,
   and already-trained batches are skipped);
+* under multi-worker only the chief writes into ``model_dir``; the other
+  workers save into a temporary directory of their own (removed when
+  ``fit`` ends) and resume from the chief's checkpoints;
 * the weights with the best validation metric (``monitor``, default
   ``mrr@10``) are kept in a separate checkpoint and restored at the end;
 * reliability (docs/reliability.md): the chief holds an OS lock on
   ``model_dir`` (:mod:`peterrec.locking`); SIGTERM/SIGINT save a checkpoint
-  after the current step and raise :class:`TrainingInterrupted`; a NaN/Inf
+  after the current step and raise :class:`TrainingInterrupted` (under
+  multi-worker the signal flag is all-reduced after every step, so all
+  workers save the same step and stop together: preemption); a NaN/Inf
   loss or weights, or a loss that diverges (``divergence_factor``), stop
   training with the step and the last good checkpoint named (non-finite
   weights are never checkpointed); ``deterministic`` enables TF op
@@ -110,10 +115,23 @@ class TrainResult:
     failure: str | None = None  # why training stopped early on a numerical fault (names the step and last good checkpoint)
 
 
-def is_chief(strategy):
-    """Whether this process writes the job's outputs (always, except non-chief multi-worker tasks)."""
+def _cluster(strategy):
+    """The strategy's cluster resolver when it spans a multi-worker cluster, else None."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "cluster_spec", None) or not resolver.cluster_spec().as_dict():
+        return None
+    return resolver
+
+
+def is_multi_worker(strategy):
+    """Whether the strategy is a ``MultiWorkerMirroredStrategy`` over a ``TF_CONFIG`` cluster (several processes)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and _cluster(strategy) is not None
+
+
+def is_chief(strategy):
+    """Whether this process writes the job's outputs (always, except non-chief multi-worker tasks)."""
+    resolver = _cluster(strategy)
+    if resolver is None:
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
@@ -278,7 +296,9 @@ class Trainer:
             locking.acquire(model_dir)  # one job per model_dir (re-entrant: the job may hold it already)
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
-        # Under multi-worker every worker saves (the collectives need it), but only the chief into model_dir.
+        # Under multi-worker every worker saves (the collectives need it), but only the chief into model_dir;
+        # the others write into a temporary directory of their own, removed when fit() ends.
+        self.multi_worker = is_multi_worker(self.strategy)
         self.model_dir = model_dir if self.is_chief else tempfile.mkdtemp(prefix="peterrec-worker-")
         self.config = config
         self.extra_callbacks = list(callbacks)
@@ -304,12 +324,19 @@ class Trainer:
         state = dict(global_step=self.global_step, epoch=self.epoch, best_value=self.best_value, best_epoch=self.best_epoch, wait=self.wait)
         self.checkpoint = make_checkpoint(self.task, self.optimizer, seeds=True, **state)
         self._checkpoint_without_seeds = make_checkpoint(self.task, self.optimizer, **state)  # for checkpoints written before seeds were
+        # ``manager`` reads (every worker resumes from the chief's checkpoints, on a shared file system) and
+        # is the chief's writer; a non-chief worker writes through ``_write_manager`` into its own directory.
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(model_dir, CKPT_DIR), max_to_keep=2, step_counter=self.global_step
         )
+        self._write_manager = self.manager if self.is_chief else tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(self.model_dir, CKPT_DIR), max_to_keep=1, step_counter=self.global_step
+        )
         self.best_checkpoint = make_checkpoint(self.task)
-        self.best_manager = tf.train.CheckpointManager(self.best_checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1)
+        self._best_read_manager = tf.train.CheckpointManager(self.best_checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1)
+        self.best_manager = tf.train.CheckpointManager(self.best_checkpoint, os.path.join(self.model_dir, BEST_DIR), max_to_keep=1)
         self._train_step = self._build_train_step()
+        self._agree_step = self._build_agree_step() if self.multi_worker else None
         self._eval_step = None
 
     # ------------------------------------------------------------------ steps
@@ -352,6 +379,32 @@ class Trainer:
             return loss_sum / tf.maximum(count, 1.0), count
 
         return train_step
+
+    def _build_agree_step(self):
+        """Multi-worker preemption: a ``tf.function`` that all-reduces a local stop flag, so every worker
+        learns at the same step that one of them received SIGTERM/SIGINT (an equivalent of
+        ``tf.distribute.experimental.PreemptionCheckpointHandler``, see docs/fidelity.md)."""
+        strategy = self.strategy
+
+        def replica_flag(flag):
+            flag = tf.identity(flag)  # placed on the replica's device (a bare input has none: no all-reduce destination)
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flag)
+
+        @tf.function
+        def agree(flag):
+            return strategy.experimental_local_results(strategy.run(replica_flag, args=(flag,)))[0]
+
+        return agree
+
+    def _stop_requested(self, signals):
+        """Whether to save and stop now: this process got a signal, or (multi-worker) any worker did.
+
+        Under multi-worker every worker calls this at the same points (after each step and each
+        epoch), so they all save the same step and stop together instead of the others hanging in
+        the next collective."""
+        if not self.multi_worker:
+            return signals.received is not None
+        return float(self._agree_step(tf.constant(0.0 if signals.received is None else 1.0))) > 0
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split, scorer=None):
@@ -409,8 +462,12 @@ class Trainer:
         last good checkpoint. SIGTERM/SIGINT save a checkpoint after the
         current step and raise :class:`TrainingInterrupted`.
         """
-        with _StopSignals() as signals:
-            return self._fit(signals)
+        try:
+            with _StopSignals() as signals:
+                return self._fit(signals)
+        finally:
+            if not self.is_chief:  # a non-chief worker's checkpoints, logs and best weights are scratch
+                shutil.rmtree(self.model_dir, ignore_errors=True)
 
     def _fit(self, signals) -> TrainResult:
         cfg, steps = self.config, self.inputs.steps_per_epoch
@@ -450,7 +507,7 @@ class Trainer:
                 failure = self._loss_fault(loss, divergence)
                 if failure is None and cfg.checkpoint_every_steps and int(self.global_step.numpy()) % cfg.checkpoint_every_steps == 0:
                     failure = self._save()
-                if failure is None and signals.received:
+                if failure is None and self._stop_requested(signals):
                     self._interrupt(signals.received, epoch, batch_index + 1)
                 if failure is not None:
                     break
@@ -481,7 +538,7 @@ class Trainer:
                 failure = self._failure_message(failure)
                 print(f"error: {failure}")
                 break
-            if signals.received:
+            if self._stop_requested(signals):
                 self._interrupt(signals.received, epoch + 1, 0)
             if self.task.stop_training:
                 stopped_early = True
@@ -489,7 +546,9 @@ class Trainer:
         callbacks.on_train_end()
         best_epoch = int(self.best_epoch.numpy())
         if best_epoch >= 0:
-            self.best_checkpoint.restore(self.best_manager.latest_checkpoint).assert_existing_objects_matched()
+            own = self.best_manager.latest_checkpoint  # a non-chief worker's own copy when it saved that epoch itself
+            best = own if own and own.endswith(f"-{best_epoch}") else self._best_read_manager.latest_checkpoint
+            self.best_checkpoint.restore(best).assert_existing_objects_matched()
         return TrainResult(
             best_epoch=best_epoch + 1,
             best_valid={},
@@ -508,7 +567,7 @@ class Trainer:
         """Save a training checkpoint unless the weights are not finite; returns a fault message or None."""
         if not all(np.all(np.isfinite(w.numpy())) for w in self.task.trainable_weights):
             return f"the weights became NaN/Inf at global step {int(self.global_step.numpy())}"
-        _save_checkpoint(self.manager, check_interval=False)
+        _save_checkpoint(self._write_manager, check_interval=False)
         return None
 
     def _loss_fault(self, loss, divergence):
@@ -534,13 +593,21 @@ class Trainer:
         )
 
     def _interrupt(self, signum, epoch, step_in_epoch):
-        """Save a checkpoint (when the weights are finite) and raise TrainingInterrupted."""
+        """Save a checkpoint (when the weights are finite) and raise TrainingInterrupted.
+
+        ``signum`` None: another worker of the cluster received the signal (reported as SIGTERM)."""
         fault = self._save()
         where = f"global step {int(self.global_step.numpy())} (epoch {epoch + 1}, step {step_in_epoch} of {self.inputs.steps_per_epoch})"
-        saved = f"saved checkpoint {self.manager.latest_checkpoint}" if fault is None else f"not saved: {fault}"
+        if fault is not None:
+            saved = f"not saved: {fault}"
+        elif self.is_chief:
+            saved = f"saved checkpoint {self._write_manager.latest_checkpoint}"
+        else:
+            saved = f"the chief saved the checkpoint in {self.manager.directory}"
+        cause = signal.Signals(signum).name if signum is not None else "SIGTERM/SIGINT on another worker"
         raise TrainingInterrupted(
-            f"training interrupted by {signal.Signals(signum).name} at {where}; {saved}; re-run the same command to resume",
-            signum,
+            f"training interrupted by {cause} at {where}; {saved}; re-run the same command to resume",
+            signum if signum is not None else signal.SIGTERM,
         )
 
     def _history_path(self):

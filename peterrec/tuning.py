@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from typing import Callable
 
@@ -74,6 +73,9 @@ class ModelJob:
     run: Callable
     fixed: dict = dataclasses.field(default_factory=dict)
     clear_session: bool = True  # start each run with a fresh Keras session (Keras models)
+    # fields whose defaults are the model's own (e.g. Caser's max_len 5): an unset shared flag and the
+    # benchmark protocol leave them alone
+    own_defaults: tuple = ()
 
     def config(self, overrides, where="overrides"):
         """The job's config with ``overrides`` (field -> value, coerced to the field's type)."""
@@ -87,24 +89,34 @@ class ModelJob:
 _MODEL_JOBS: dict[str, ModelJob] = {}
 
 
-def register_model(name, config_class, run, fixed=None, clear_session=True):
+def register_model(name, config_class, run, fixed=None, clear_session=True, own_defaults=()):
     """Make ``name`` available to tune/benchmark (models that are not a pretraining backbone).
 
     ``run(config_class(**settings, **fixed))`` trains one run into ``config.model_dir`` and returns
     its metrics (``valid``/``test`` dicts with ``mrr@10``, ``hr@10``, ``ndcg@10``, ...).
+    ``own_defaults``: fields whose config defaults an unset flag or the benchmark protocol keeps.
     """
-    _MODEL_JOBS[name] = ModelJob(name, config_class, run, dict(fixed or {}), clear_session)
+    _MODEL_JOBS[name] = ModelJob(name, config_class, run, dict(fixed or {}), clear_session, tuple(own_defaults))
+
+
+def _builtin_jobs():
+    """The pretraining backbones and Caser (``pretraining.run_caser_job``), by name."""
+    from peterrec import pretraining
+
+    jobs = {name: ModelJob(name, pretraining.PretrainConfig, pretraining.run, {"backbone": name}) for name in pretraining.BACKBONES}
+    jobs["caser"] = ModelJob("caser", pretraining.CaserTrainConfig, pretraining.run_caser_job,
+                             own_defaults=tuple(pretraining.CASER_DEFAULTS))
+    return jobs
 
 
 def model_job(name, flag="--model") -> ModelJob:
-    """The job for ``--model name``: a registered model, or any ``PretrainConfig.backbone``."""
+    """The job for ``--model name``: a registered model, any ``PretrainConfig.backbone``, or ``caser``."""
     if name in _MODEL_JOBS:
         return _MODEL_JOBS[name]
-    from peterrec import pretraining
-
-    if name in pretraining.BACKBONES:
-        return ModelJob(name, pretraining.PretrainConfig, pretraining.run, {"backbone": name})
-    known = sorted(set(pretraining.BACKBONES) | set(_MODEL_JOBS))
+    builtin = _builtin_jobs()
+    if name in builtin:
+        return builtin[name]
+    known = sorted(set(builtin) | set(_MODEL_JOBS))
     raise ConfigError(f"{flag}: {name!r} is not one of {', '.join(known)}")
 
 
@@ -488,17 +500,9 @@ def results_markdown(header, records):
 
 def write_text(path, text):
     """Write a text file atomically (temp file in the same directory, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from peterrec import export
+
+    export.write_atomic(path, lambda f: f.write(text))
 
 
 def _jsonable(values):

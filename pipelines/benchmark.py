@@ -23,12 +23,7 @@ from absl import flags
 
 from pipelines import flags as common
 
-common.define_data_flags()
-common.define_train_flags()
-common.define_model_flags()
-for group in ("define_grec_flags", "define_zoo_flags"):  # model-specific settings, where defined
-    if hasattr(common, group):
-        getattr(common, group)()
+common.define_any_model_flags()
 flags.DEFINE_list("models", ["nextitnet"], "Models to run, in order (pretraining backbones or registered models).")
 flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds; accuracy is reported as mean ± sd over them.")
 flags.DEFINE_enum("configuration", "fast", ["fast", "default"], "fast: the documented fast settings per model; default: faithful defaults.")

@@ -51,19 +51,11 @@ flags.DEFINE_integer("inspect_rows", 1000, "Rows of generated_samples.tsv (origi
 FLAGS = flags.FLAGS
 
 
-def config_from_flags():
-    from peterrec.augment.casr import CASRConfig
-
-    return common.job_config_from_flags(CASRConfig)
-
-
 def main(argv):
     del argv
     from peterrec.augment import casr
 
-    cfg = config_from_flags()
-    metrics = casr.run(cfg)
-    common.print_summary(cfg.resolved_model_dir(), metrics)
+    metrics = common.train_from_flags(casr.CASRConfig, casr.run)
     generation, ad = metrics["casr"]["generation"], metrics["casr"]["ad"]
     flip_rate = ad["flip_rate"] if ad else generation["flip_rate"]
     print(f"casr: {generation['generated']} generated samples ({generation['generated_share']:.1%} of the training prefixes), "

@@ -4,6 +4,7 @@ Usage:
     python -m pipelines.convert --data Data/ml-100k.inter --output_dir tfrecords/ml-100k
     python -m pipelines.convert --data new.csv --vocab_from exports/pretrained --overwrite
     python -m pipelines.convert --verify --data tfrecords/ml-100k     # check an existing set
+    python -m pipelines.convert --data big.inter --streaming          # out of core (automatic from 64 MiB)
 
 ``--verify`` checks a TFRecord set in full (the SHA-256 of every shard
 against the manifest, every record's CRC, the record counts): the set given
@@ -30,6 +31,9 @@ if "output_dir" not in FLAGS:
     flags.DEFINE_string("output_dir", None, "Directory of the TFRecord set (default: <--tfrecord_dir>/<file stem>).")
 if "overwrite" not in FLAGS:
     flags.DEFINE_bool("overwrite", False, "Replace --output_dir if it exists and is not empty.")
+flags.DEFINE_bool("streaming", None, "Convert out of core (chunked reading, users grouped through hash-partitioned temporary "
+                  "files): --streaming forces it, --nostreaming forbids it; by default files of 64 MiB or more stream. "
+                  "Both write the same set.")
 flags.DEFINE_bool("verify", False, "Check a TFRecord set in full (checksums, record CRCs and counts): --data if it is a set, "
                   "else the set this run writes.")
 
@@ -48,6 +52,9 @@ def summary(metadata: dict, output_dir: str) -> str:
     ]
     if metadata.get("target_vocab_hash"):
         lines.append(f"  target vocab {metadata['target_vocab_size']} ids, hash {metadata['target_vocab_hash'][:12]}")
+    if metadata.get("streaming"):
+        partitions = metadata["streaming"]["partitions"]
+        lines.append(f"  streamed through {partitions} partition{'s' if partitions != 1 else ''} (out of core)")
     lines.extend(f"  note: {note}" for note in metadata["notes"])
     return "\n".join(lines)
 
@@ -78,6 +85,7 @@ def main(argv: list[str]) -> None:
         targets=FLAGS.targets,
         overwrite=FLAGS.overwrite,
         max_skipped_share=FLAGS.max_skipped_share,
+        streaming=FLAGS.streaming,
     )
     print(summary(metadata, output_dir))
     if FLAGS.verify:

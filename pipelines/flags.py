@@ -204,6 +204,42 @@ def define_zoo_flags():
     flags.DEFINE_bool("pre_ln", None, "sasrec: the original SASRec's pre-LN layers (with --loss bce) instead of RecBole's post-LN.")
 
 
+@_once
+def define_side_info_flags():
+    """Item side information and MIIR's settings (pipelines.train --model atrank|miir, pipelines.pretrain --backbone miir).
+
+    Unset flags keep the model's own (the original's) defaults: see :func:`side_info_config_from_flags`.
+    """
+    flags.DEFINE_string("item_data", None, "atrank, miir: item side information (.item files and/or Amazon meta_*.json, "
+                        "comma-separated; default Data/synthetic/source.item).")
+    flags.DEFINE_string("item_fields", None, "atrank, miir: comma-separated feature fields to use (default: the model's).")
+    flags.DEFINE_enum("item_format", None, ["auto", "item", "amazon_meta"], "atrank, miir: format of --item_data (auto: by extension).")
+    flags.DEFINE_float("max_bad_share", None, "atrank, miir: largest share of unparseable meta lines skipped (and counted) (0.05).",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("discard_share", None, "miir: share of the present side values dropped once, seeded (0.5 = the original's "
+                       "'after discard'; 0 = 'before discard').", lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_enum("attention", None, ["dfsa", "sfsa"], "miir: dense or sparse fusion self-attention.")
+
+
+def side_info_config_from_flags(config_class, **fixed):
+    """``config_class`` (ATRankConfig / MIIRConfig) from the flags the user set, then ``fixed``.
+
+    Unset flags keep the config's defaults (the originals', e.g. ATRank's SGD 1.0 and batch 32, not the
+    shared flags' Adam defaults); ``--item_fields`` is split on commas.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)} - {"item_fields", *fixed}
+    kwargs = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
+    if "item_fields" not in fixed and "item_fields" in FLAGS and FLAGS.item_fields:
+        kwargs["item_fields"] = tuple(f.strip() for f in FLAGS.item_fields.split(",") if f.strip())
+    if kwargs.get("verbose") == 1 and not sys.stdout.isatty():
+        kwargs["verbose"] = 2
+    if "tf_config" in names:
+        kwargs["tf_config"] = os.environ.get("TF_CONFIG")
+    return config_class(**kwargs, **fixed)
+
+
 def job_config_from_flags(config_class, **fixed):
     """``config_class`` from the flags that name its fields (``--dilations`` parsed, ``TF_CONFIG`` from the
     environment), then the ``fixed`` values (e.g. the backbone a pipeline picked)."""
@@ -230,3 +266,21 @@ def print_summary(model_dir, metrics):
         "train_wall_seconds": metrics["train_wall_seconds"],
     }
     print(json.dumps(summary, indent=2))
+
+
+def define_any_model_flags():
+    """Every model-setting group besides the data and training flags (jobs that take any model: tune, benchmark)."""
+    define_data_flags()
+    define_train_flags()
+    define_model_flags()
+    define_grec_flags()
+    define_zoo_flags()
+
+
+def train_from_flags(config_class, run_job, **fixed):
+    """The body of a training pipeline: ``run_job(job_config_from_flags(config_class, **fixed))``, then
+    :func:`print_summary`; returns the metrics."""
+    cfg = job_config_from_flags(config_class, **fixed)
+    metrics = run_job(cfg)
+    print_summary(cfg.resolved_model_dir(), metrics)
+    return metrics

@@ -2,6 +2,7 @@
 
     python -m pipelines.pretrain --backbone nextitnet
     python -m pipelines.pretrain --backbone grec [--loss sampled_softmax]  # GRec encoder, masked items
+    python -m pipelines.pretrain --backbone miir                           # MIIR, MII pretraining on item side information
 
 With no flags it trains NextItNet on the embedded default data
 (Data/synthetic/source.inter) and writes checkpoints/pretrain-nextitnet/:
@@ -9,6 +10,15 @@ export/<version>/ (SavedModel + config + vocab + weights), logs/ (TensorBoard),
 ckpt/ (re-running resumes), metrics.json and curves.png. --backbone grec writes
 checkpoints/pretrain-grec/; the original GRec uses sampled softmax
 (--loss sampled_softmax), peterrec's default is the full softmax.
+
+--backbone miir pretrains MIIR with the MII objective (peterrec.tasks.side_info.run_miir,
+stage "mii"; the original's defaults: Adam 1e-4, clip by value 5, batch 128, 100 epochs, d 64,
+3 layers, 4 heads, --mask_prob 0.5, --discard_share 0.5) on --data and its item side information
+(--item_data, default Data/synthetic/source.item; --item_fields, --item_format, --attention dfsa|sfsa)
+and writes checkpoints/pretrain-miir/; finetune it with
+`python -m pipelines.train --model miir --pretrained checkpoints/pretrain-miir` (the same --data,
+--item_data, --item_fields, --discard_share and --seed). pipelines.finetune is PeterRec's
+(NextItNet/GRec exports) and refuses a MIIR export. Flags left unset keep MIIR's defaults.
 """
 
 from absl import flags
@@ -19,26 +29,35 @@ common.define_data_flags()
 common.define_train_flags()
 common.define_model_flags()
 common.define_grec_flags()
+common.define_zoo_flags()
+common.define_side_info_flags()
 flags.DEFINE_enum(
-    "backbone", "nextitnet", ["nextitnet", "grec"],
-    "Backbone to pretrain. nextitnet: causal, next-item objective; grec: the GRec encoder (non-causal), masked-item objective.",
+    "backbone", "nextitnet", ["nextitnet", "grec", "miir"],
+    "Backbone to pretrain. nextitnet: causal, next-item objective; grec: the GRec encoder (non-causal), masked-item objective; "
+    "miir: MIIR with the MII objective on item side information (--item_data).",
 )
 FLAGS = flags.FLAGS
 
 
-def config_from_flags():
-    from peterrec.pretraining import PretrainConfig
+def miir_config():
+    """MIIRConfig(stage="mii") from the flags the user set (unset: MIIR's defaults; output checkpoints/pretrain-miir)."""
+    from peterrec.tasks.side_info import MIIRConfig
 
-    return common.job_config_from_flags(PretrainConfig)
+    return common.side_info_config_from_flags(MIIRConfig, stage="mii", model_dir=FLAGS.model_dir)
 
 
 def main(argv):
     del argv
     from peterrec import pretraining
 
-    cfg = config_from_flags()
-    metrics = pretraining.run(cfg)
-    common.print_summary(cfg.resolved_model_dir(), metrics)
+    if FLAGS.backbone == "miir":
+        from peterrec.tasks import side_info
+
+        cfg = miir_config()
+        metrics = side_info.run_miir(cfg)
+        common.print_summary(cfg.resolved_model_dir(), metrics)
+        return
+    common.train_from_flags(pretraining.PretrainConfig, pretraining.run)
 
 
 if __name__ == "__main__":

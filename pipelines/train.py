@@ -10,7 +10,11 @@ Models: nextitnet, grec (as pipelines.pretrain), sasrec, narm, stamp, gru4rec
 (peterrec.models.caser: the seed's knobs --max_len (L, default 5), --T, --nv,
 --nh, --ac_conv, --ac_fc, --dropout (drop_rate, 0.5), --embedding_dim (d, 50),
 --neg_samples, --caser_l2, --tied; user embeddings, windows of L inputs and T
-targets, BCE with negatives outside the user's history). Every
+targets, BCE with negatives outside the user's history), atrank and miir
+(peterrec.tasks.side_info, with item side information --item_data/--item_fields;
+flags left unset keep the originals' defaults; atrank --behaviour_field for
+multi-behaviour ATRank, miir --pretrained checkpoints/pretrain-miir after
+pipelines.pretrain --backbone miir). Every
 model runs through the same library function as pipelines.pretrain
 (peterrec.pretraining.run): the same data path and windows (--max_len,
 --stride), the same losses (--loss full_softmax, sampled_softmax, bce, bpr),
@@ -43,12 +47,17 @@ flags.DEFINE_string("ac_fc", "relu", "caser: activation of the fully connected l
 flags.DEFINE_integer("neg_samples", 3, "caser: negatives per window (never items of the user's history).", lower_bound=1)
 flags.DEFINE_float("caser_l2", 1e-6, "caser: the original's Adam weight decay (as an L2 penalty).", lower_bound=0.0)
 flags.DEFINE_bool("tied", False, "caser: RecBole's variant (tied output layer, cross-entropy over all items).")
-flags.DEFINE_string("item_data", None, "atrank, miir: item side information (.item files and/or Amazon meta_*.json, comma-separated; "
-                    "default Data/synthetic/source.item).")
-flags.DEFINE_string("item_fields", None, "atrank, miir: comma-separated feature fields to use (default: the model's).")
+common.define_side_info_flags()
 flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "atrank: the original's SGD (1.0, dropping to 0.1) or Adam.")
-flags.DEFINE_enum("attention", None, ["dfsa", "sfsa"], "miir: dense or sparse fusion self-attention.")
-flags.DEFINE_string("pretrained", None, "miir: an MII pretraining export to finetune from.")
+flags.DEFINE_string("pretrained", None, "miir: an MII pretraining export (python -m pipelines.pretrain --backbone miir) to "
+                    "finetune from, e.g. checkpoints/pretrain-miir.")
+flags.DEFINE_string("behaviour_field", None, "atrank: multi-behaviour ATRank: the token column of the --data .inter file that "
+                    "holds each interaction's behaviour type (e.g. behaviour in Data/synthetic/source_behaviour.inter).")
+flags.DEFINE_integer("behaviour_dim", None, "atrank --behaviour_field: width of the behaviour-type embedding (16).", lower_bound=1)
+flags.DEFINE_string("candidate_behaviour", None, "atrank --behaviour_field: the behaviour type whose projection embeds the "
+                    "candidates (and the history at serving time); default: the most frequent type.")
+flags.DEFINE_enum("candidate_projection", None, ["type", "none"], "atrank --behaviour_field: type (the original multi-behaviour "
+                  "model: the candidate through its type's projection) or none (the candidate embedding as single-behaviour ATRank).")
 FLAGS = flags.FLAGS
 SIDE_INFO_MODELS = ("atrank", "miir")
 CASER_DEFAULTS = {"max_len": 5, "embedding_dim": 50, "dropout": 0.5, "batch_size": 512}
@@ -73,18 +82,11 @@ def caser_config():
 
 
 def side_info_config(model):
-    """ATRankConfig / MIIRConfig from the flags the user set (unset flags keep the originals' defaults,
-    e.g. ATRank's SGD 1.0 and batch 32, not the shared flags' Adam defaults)."""
-    import dataclasses
-
+    """ATRankConfig / MIIRConfig from the flags the user set (``common.side_info_config_from_flags``)."""
     from peterrec.tasks import side_info
 
     config_class = side_info.ATRankConfig if model == "atrank" else side_info.MIIRConfig
-    names = {f.name for f in dataclasses.fields(config_class)} - {"item_fields", "model_dir"}
-    kwargs = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
-    if FLAGS.item_fields:
-        kwargs["item_fields"] = tuple(f for f in FLAGS.item_fields.split(",") if f)
-    return config_class(**kwargs, model_dir=FLAGS.model_dir or os.path.join("checkpoints", f"train-{model}"))
+    return common.side_info_config_from_flags(config_class, model_dir=FLAGS.model_dir or os.path.join("checkpoints", f"train-{model}"))
 
 
 def config_from_flags():

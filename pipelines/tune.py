@@ -21,12 +21,7 @@ from absl import flags
 
 from pipelines import flags as common
 
-common.define_data_flags()
-common.define_train_flags()
-common.define_model_flags()
-for group in ("define_grec_flags", "define_zoo_flags"):  # model-specific settings, where defined
-    if hasattr(common, group):
-        getattr(common, group)()
+common.define_any_model_flags()
 flags.DEFINE_string("model", "nextitnet", "Model to tune (a pretraining backbone or a registered model).")
 flags.DEFINE_string("params_file", "benchmarks/hyper.test", "Search space: one 'name distribution arguments' line per parameter.")
 flags.DEFINE_integer("trials", 10, "Total number of trials (finished ones in --model_dir count).", lower_bound=1)
@@ -34,8 +29,12 @@ FLAGS = flags.FLAGS
 
 
 def base_overrides(job):
-    """The settings every trial shares: the flags that name a field of the model's config."""
-    names = [f.name for f in dataclasses.fields(job.config_class) if f.name in FLAGS and f.name not in ("model_dir", "seed")]
+    """The settings every trial shares: the flags that name a field of the model's config (an unset flag
+    leaves the model's own defaults, ``job.own_defaults``, alone)."""
+    names = [
+        f.name for f in dataclasses.fields(job.config_class)
+        if f.name in FLAGS and f.name not in ("model_dir", "seed") and (FLAGS[f.name].present or f.name not in job.own_defaults)
+    ]
     out = common.common_kwargs(names)
     if "dilations" in out:
         out["dilations"] = tuple(common.int_list(FLAGS.dilations, "dilations"))

@@ -163,3 +163,20 @@ def test_one_model_one_seed_one_epoch_benchmark(tmp_path, tiny_inter, monkeypatc
     monkeypatch.setattr(pretraining, "run", lambda cfg: pytest.fail("a finished run was retrained"))
     again = benchmarking.run_benchmark(spec)
     assert again["runs"][0]["test"] == run["test"]
+
+
+def test_caser_benchmark_keeps_its_own_window(tmp_path, tiny_inter):
+    """--models caser runs through the same benchmark; the protocol's max_len 50 leaves Caser's L = 5 alone."""
+    spec = benchmarking.BenchmarkSpec(
+        models=["caser"], data=str(tiny_inter), seeds=(1,), work_dir=str(tmp_path / "work"), results_dir=str(tmp_path / "res"),
+        tfrecord_dir=str(tmp_path / "tfr"), verbose=0,
+        overrides={"epochs": 1, "embedding_dim": 8, "nh": 4, "num_shards": 2},
+    )
+    results = benchmarking.run_benchmark(spec)
+    (run,) = results["runs"]
+    metrics = json.loads(open(os.path.join(run["model_dir"], "metrics.json")).read())
+    assert run["test"] == metrics["test"] and run["epochs_run"] == 1 and "max_len" not in run["settings"]
+    assert metrics["caser_metrics"]["valid"]["users"] > 0 and run["settings"]["split"] == "loo"
+    config = json.loads(open(os.path.join(run["model_dir"], "job_config.json")).read())
+    assert config["caser"]["L"] == 5 and config["caser"]["d"] == 8
+    assert "| Caser (L=5) (peterrec, fast" in (tmp_path / "res" / "tiny.md").read_text()

@@ -33,20 +33,30 @@ STEPS = 4
 # broadcasts the chief's initial values; all processes seed Keras alike), same batches, same Adam
 # step -> the same weights up to float summation order.
 WORKER = r"""
-import json, os, sys
+import json, os, signal, sys
 import keras, numpy as np, tensorflow as tf
-from peterrec import distribute, pretraining
+from peterrec import distribute, jobs, pretraining
 from peterrec.data import dataset
-from peterrec.training import Trainer, TrainConfig
+from peterrec.training import Trainer, TrainConfig, TrainingInterrupted
 
 set_dir, model_dir, out, mode, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+interrupt_after = int(sys.argv[6]) if len(sys.argv) > 6 else -1  # worker 1 sends itself SIGTERM after this batch
 cfg = pretraining.PretrainConfig(data=set_dir, model_dir=model_dir, embedding_dim=8, dilations=(1, 2), batch_size=16,
                                  eval_batch_size=64, max_len=12, stride=6, verbose=0)
 set_dir, metadata, vocab = pretraining.prepare_data(cfg)
 inputs = pretraining.build_inputs(set_dir, metadata, cfg)
 inputs.steps_per_epoch = steps
+callbacks = []
 if mode == "worker":
     strategy = distribute.get_strategy("multiworker", tf_config=os.environ["TF_CONFIG"])
+    os.makedirs(model_dir, exist_ok=True)
+    jobs.check_job_config(model_dir, {"tf_config": os.environ["TF_CONFIG"]})  # only the chief writes job_config.json
+    if strategy.cluster_resolver.task_id == 1 and interrupt_after >= 0:
+        class Preempt(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == interrupt_after:
+                    os.kill(os.getpid(), signal.SIGTERM)
+        callbacks.append(Preempt())
 else:
     strategy = tf.distribute.get_strategy()
     def union(epoch, skip, ctx):
@@ -57,12 +67,16 @@ else:
     inputs.train = union
 keras.utils.set_random_seed(0)
 trainer = Trainer(lambda: pretraining.build_task(cfg, vocab), inputs, model_dir,
-                  TrainConfig(epochs=1, verbose=0, checkpoint_every_steps=0), strategy)
+                  TrainConfig(epochs=1, verbose=0, checkpoint_every_steps=0), strategy, callbacks=callbacks)
 initial = np.concatenate([w.numpy().ravel() for w in trainer.task.weights])
-result = trainer.fit()
+interrupted = None
+try:
+    result = trainer.fit()
+except TrainingInterrupted as err:
+    interrupted = str(err)
 np.savez(out, initial=initial, final=np.concatenate([w.numpy().ravel() for w in trainer.task.weights]))
-print(json.dumps({"chief": trainer.is_chief, "steps": result.global_step, "replicas": strategy.num_replicas_in_sync,
-                  "model_dir": trainer.model_dir}))
+print(json.dumps({"chief": trainer.is_chief, "steps": int(trainer.global_step.numpy()), "replicas": strategy.num_replicas_in_sync,
+                  "model_dir": trainer.model_dir, "model_dir_left": os.path.exists(trainer.model_dir), "interrupted": interrupted}))
 """
 
 
@@ -119,27 +133,60 @@ def _run_all(commands, timeout=240):
                 proc.wait()
 
 
-def test_two_workers_match_each_other_and_one_process_on_their_union(tfrecord_sets, tmp_path):
-    tfrecord_set = tfrecord_sets(4)
+def _worker_commands(tfrecord_set, tmp_path, tag, union=True, interrupt_after=-1):
+    """Two workers (sharing ``tmp_path/model``, as on a shared file system) and optionally the union process."""
     worker_envs, env = _worker_envs(2)
-    runs = [("worker", i, worker_env) for i, worker_env in enumerate(worker_envs)] + [("union", 0, env)]
-    commands = [
-        # both workers get the same model_dir, as on a shared file system
+    runs = [("worker", i, worker_env) for i, worker_env in enumerate(worker_envs)] + ([("union", 0, env)] if union else [])
+    return [
         ([sys.executable, "-c", WORKER, tfrecord_set, str(tmp_path / ("model" if mode == "worker" else "union")),
-          str(tmp_path / f"{mode}{index}.npz"), mode, str(STEPS)], run_env)
+          str(tmp_path / f"{tag}{mode}{index}.npz"), mode, str(STEPS), str(interrupt_after)], run_env)
         for mode, index, run_env in runs
     ]
-    reports = [json.loads(out.strip().splitlines()[-1]) for out in _run_all(commands)]
+
+
+def _only_chief_wrote(model_dir, reports):
+    """The non-chief worker's scratch directory is gone, nothing of it is in model_dir, job_config.json is the chief's."""
+    assert reports[0]["chief"] and not reports[1]["chief"]
+    assert reports[0]["model_dir"] == str(model_dir) and reports[1]["model_dir"] != reports[0]["model_dir"]
+    assert not reports[1]["model_dir_left"] and not str(reports[1]["model_dir"]).startswith(str(model_dir))
+    assert set(os.listdir(model_dir)) <= {".lock", "ckpt", "history.jsonl", "job_config.json", "logs"}  # no worker scratch
+    assert set(os.listdir(model_dir / "ckpt")) <= {"best", "checkpoint"} | {n for n in os.listdir(model_dir / "ckpt") if n.startswith("ckpt-")}
+    with open(model_dir / "job_config.json") as f:
+        assert json.loads(json.load(f)["tf_config"])["task"]["index"] == 0
+
+
+def test_two_workers_match_each_other_and_one_process_on_their_union(tfrecord_sets, tmp_path):
+    reports = [json.loads(out.strip().splitlines()[-1]) for out in _run_all(_worker_commands(tfrecord_sets(4), tmp_path, ""))]
     w0, w1, union = (np.load(tmp_path / name) for name in ("worker0.npz", "worker1.npz", "union0.npz"))
     assert [r["steps"] for r in reports] == [STEPS] * 3 and [r["replicas"] for r in reports] == [2, 2, 1]
     assert np.abs(w0["final"] - w0["initial"]).max() > 1e-3  # it trained
     np.testing.assert_array_equal(w0["initial"], union["initial"])
     np.testing.assert_array_equal(w0["final"], w1["final"])  # the replicas stay in sync
     np.testing.assert_allclose(w0["final"], union["final"], atol=1e-5, rtol=0)
-    # only the chief (worker 0) writes into --model_dir; the other worker writes to a temporary directory
-    assert reports[0]["chief"] and not reports[1]["chief"]
-    assert reports[0]["model_dir"] == str(tmp_path / "model") and reports[1]["model_dir"] != reports[0]["model_dir"]
+    # only the chief (worker 0) writes into --model_dir; the other worker writes to a temporary directory, removed at the end
+    _only_chief_wrote(tmp_path / "model", reports)
     assert os.path.exists(tmp_path / "model" / "history.jsonl")
+
+
+def test_sigterm_on_one_worker_saves_on_all_and_the_cluster_resumes(tfrecord_sets, tmp_path):
+    """Preemption: worker 1 gets SIGTERM after step 2; both workers stop after that same step (no hung
+    collective), the chief's checkpoint holds it, and re-running both resumes to the weights of an
+    uninterrupted run (the union process)."""
+    reports = [json.loads(out.strip().splitlines()[-1])
+               for out in _run_all(_worker_commands(tfrecord_sets(4), tmp_path, "cut", interrupt_after=1))]
+    assert [r["steps"] for r in reports] == [2, 2, STEPS]
+    assert "interrupted by SIGTERM/SIGINT on another worker at global step 2" in reports[0]["interrupted"]
+    assert "interrupted by SIGTERM at global step 2" in reports[1]["interrupted"] and reports[2]["interrupted"] is None
+    saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "model" / "ckpt")))
+    assert saved.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 2
+    _only_chief_wrote(tmp_path / "model", reports)
+    resumed = [json.loads(out.strip().splitlines()[-1])
+               for out in _run_all(_worker_commands(tfrecord_sets(4), tmp_path, "resumed", union=False))]
+    assert [r["steps"] for r in resumed] == [STEPS, STEPS] and not any(r["interrupted"] for r in resumed)
+    w0, w1, union = (np.load(tmp_path / name) for name in ("resumedworker0.npz", "resumedworker1.npz", "cutunion0.npz"))
+    np.testing.assert_array_equal(w0["final"], w1["final"])
+    np.testing.assert_allclose(w0["final"], union["final"], atol=1e-5, rtol=0)
+    _only_chief_wrote(tmp_path / "model", resumed)
 
 
 @pytest.mark.slow  # 1-2 min on 2 shared cores; the test above covers the loop, this one the pipeline's chief-only outputs

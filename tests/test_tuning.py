@@ -260,3 +260,21 @@ def test_cli_bad_distribution_is_one_clear_error(tmp_path):
         f"error: {path}:2: unknown distribution 'gaussian' (expected one of choice, loguniform, quniform, uniform)"
     )
     assert not (tmp_path / "t").exists()
+
+
+def test_one_trial_caser_search(tmp_path, tiny_inter):
+    """Caser is a tune model: its config takes the shared settings and Caser's knobs (RecBole names included)."""
+    job = tuning.model_job("caser")
+    assert job.config({"embedding_size": 8.0, "nh": 4}).caser().d == 8 and set(job.own_defaults) >= {"max_len", "embedding_dim"}
+    specs = tuning.parse_params_file(_params(tmp_path, "learning_rate loguniform -6,-5\nnv choice [2,3]\n"))
+    base = dict(data=str(tiny_inter), tfrecord_dir=str(tmp_path / "tfr"), embedding_dim=8, nh=4, batch_size=64, epochs=1, verbose=0,
+                num_shards=2)
+    records = tuning.tune("caser", specs, base, 1, str(tmp_path / "tune"), seed=1, verbose=0)
+    (record,) = records
+    assert record["state"] == "complete"
+    metrics = json.loads(open(os.path.join(record["model_dir"], "metrics.json")).read())
+    assert record["value"] == metrics["valid"]["mrr@10"] and metrics["epochs_run"] == 1
+    assert set(metrics["caser_metrics"]["test"]) >= {"map"} and os.path.isdir(metrics["export_dir"])
+    config = json.loads(open(os.path.join(record["model_dir"], "job_config.json")).read())
+    assert config["caser"]["L"] == 5 and config["caser"]["nv"] == record["params"]["nv"]  # Caser's own L, the searched nv
+    assert len(_rows((tmp_path / "tune" / "results.md").read_text())) == 1

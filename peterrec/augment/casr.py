@@ -37,7 +37,6 @@ docs/fidelity.md, section CASR.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -46,13 +45,12 @@ import time
 import keras
 import tensorflow as tf
 
-import peterrec
-from peterrec import distribute, export, pretraining
+from peterrec import export, pretraining, runner
 from peterrec.augment import generate
 from peterrec.augment.embeddings import item_embedding_layer
 from peterrec.augment.task import GENERATED, CounterfactualTask
 from peterrec.errors import ConfigError, ExportError, VocabularyError
-from peterrec.jobs import check, check_job_config, count_params, evaluate_splits, plot_history, raise_if_failed
+from peterrec.jobs import check
 from peterrec.pretraining import CNN_FIELDS, PretrainConfig, ZOO_FIELDS, ZOO_MODELS
 from peterrec.tasks.next_item import NextItemTask
 from peterrec.training import Trainer, TrainInputs
@@ -270,14 +268,6 @@ def stage_sampler(cfg, vocab, set_dir):
     return loaded, metrics
 
 
-def _file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ------------------------------------------------------------------ stage 2
 def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
     """Generate (or reuse) the samples; returns the statistics."""
@@ -285,7 +275,7 @@ def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
     stats_path = os.path.join(model_dir, GENERATION_FILE)
     identity = {
         "sampler_export": os.path.abspath(sampler.path),
-        "sampler_weights_sha256": _file_sha256(os.path.join(sampler.path, export.TASK_WEIGHTS)),
+        "sampler_weights_sha256": export.file_sha256(os.path.join(sampler.path, export.TASK_WEIGHTS)),
         "data_set": os.path.basename(set_dir),
         "intervention": dataclasses.asdict(cfg.intervention()),
         "sample": cfg.sample,
@@ -408,7 +398,7 @@ def run(cfg: CASRConfig):
     model_dir = cfg.resolved_model_dir()
     anchor_cfg = cfg.model_config("anchor")
     set_dir, metadata, vocab = pretraining.prepare_data(anchor_cfg)
-    record = job_record(cfg) | {"data_vocab_hash": vocab.hash, "data_set": os.path.basename(set_dir)}
+    record = job_record(cfg) | runner.data_identity(set_dir, vocab)
     _, eligible = generate.count_prefixes(metadata, cfg.max_len, cfg.intervention())
     if cfg.sample > 0 and not eligible:
         raise ConfigError(
@@ -416,8 +406,7 @@ def run(cfg: CASRConfig):
         )
     t0 = time.perf_counter()
     loaded = stage_sampler(cfg, vocab, set_dir) if cfg.sampler_dir else None  # a bad export fails before anything is written
-    os.makedirs(model_dir, exist_ok=True)
-    check_job_config(model_dir, record)
+    runner.open_model_dir(model_dir, record)
     sampler, sampler_metrics = loaded or stage_sampler(cfg, vocab, set_dir)
     export.write_json(os.path.join(model_dir, SAMPLER_FILE), {"export": os.path.abspath(sampler.path), "model": cfg.resolved_sampler_model(),
                                                               "test": sampler_metrics.get("test", {})})
@@ -426,7 +415,7 @@ def run(cfg: CASRConfig):
 
     # Stage 3 starts from the same random state as a plain anchor job (pretraining.run) with this seed.
     keras.utils.set_random_seed(cfg.seed)
-    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
+    strategy = runner.strategy_for(cfg)
     inputs, per_step = anchor_inputs(cfg, anchor_cfg, set_dir, metadata, gen_dir, stats["generated"], strategy.num_replicas_in_sync)
     intervention = cfg.intervention()
     adversarial = intervention.method == "ad" and per_step > 0
@@ -443,28 +432,17 @@ def run(cfg: CASRConfig):
               f"({per_step} per step, beta {cfg.beta:g})", flush=True)
     callbacks = [AdversarialStats(model_dir)] if adversarial else []
     trainer = Trainer(task_fn, inputs, model_dir, cfg.train_config(), strategy, callbacks=callbacks)
-    result = trainer.fit()
+    result, evaluation, eval_seconds = runner.fit_and_evaluate(trainer, vocab.counts)
     task = trainer.task
-    valid, test, popularity, eval_seconds = evaluate_splits(trainer, vocab.counts)
     ad_stats = None
     if adversarial:
         made = float(task.ad_generated.numpy())
         ad_stats = {"generated_in_steps": int(made), "flip_rate": float(task.ad_flipped.numpy()) / max(made, 1.0)}
     metrics = {
-        "valid": valid,
-        "test": test,
-        "popularity": popularity,
-        "selected_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "global_step": result.global_step,
-        "stopped_early": result.stopped_early,
-        "stopped_on_nan": result.stopped_on_nan,
-        "train_wall_seconds": round(result.train_seconds, 2),
-        "eval_wall_seconds": round(eval_seconds, 2),
+        **evaluation,
+        **runner.fit_metrics(result, eval_seconds),
         "job_wall_seconds": round(time.perf_counter() - t0, 2),
-        "trained_positions_per_second": round(result.positions_per_second, 1),
-        "total_params": count_params(task.anchor.weights),
-        "trainable_params": count_params(task.anchor.trainable_weights),
+        **runner.param_counts(task.anchor),
         "eval_protocol": cfg.eval_protocol,
         "casr": {
             "learning": cfg.resolved_learning(),
@@ -476,24 +454,14 @@ def run(cfg: CASRConfig):
             "generated_per_step": per_step,
             "ad": ad_stats,
         },
-        "data": {"set_dir": set_dir, "vocab_size": vocab.size, "vocab_hash": vocab.hash, "counts": metadata.get("counts", {})},
-        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+        "data": runner.data_summary(set_dir, vocab, metadata),
+        "versions": runner.versions(),
     }
-    if not trainer.is_chief:
-        return metrics
-    raise_if_failed(result, model_dir, metrics)
-    if adversarial and cfg.inspect_rows:
-        write_ad_samples(cfg, task, sampler.task, gen_dir, vocab, os.path.join(model_dir, TSV_FILE))
-    export_dir = export.export_model(
-        task.anchor,
-        vocab,
-        model_dir,
-        max_len=cfg.max_len,
-        top_k=cfg.top_k,
-        metrics=metrics,
-        extra_config={"job": pretraining.job_record(anchor_cfg), "backbone_name": anchor_cfg.backbone, "casr": record},
-    )
-    metrics["export_dir"] = export_dir
-    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
-    plot_history(result.history, os.path.join(model_dir, "curves.png"))
-    return metrics
+
+    def write_samples(metrics):
+        if adversarial and cfg.inspect_rows:
+            write_ad_samples(cfg, task, sampler.task, gen_dir, vocab, os.path.join(model_dir, TSV_FILE))
+
+    export_kwargs = dict(task=task.anchor, vocab=vocab, max_len=cfg.max_len, top_k=cfg.top_k, extra_config={
+        "job": pretraining.job_record(anchor_cfg), "backbone_name": anchor_cfg.backbone, "casr": record})
+    return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs, after_export=write_samples)

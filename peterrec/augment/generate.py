@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -486,18 +484,14 @@ def generate(
 
 def write_tsv(path, columns, rows):
     """A tab-separated file with a header, written atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tsv")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\t".join(columns) + "\n")
-            for row in rows:
-                f.write("\t".join(str(v) for v in row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from peterrec.export import write_atomic  # (peterrec.export imports the model registry)
+
+    def fill(f):
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            f.write("\t".join(str(v) for v in row) + "\n")
+
+    write_atomic(path, fill, encoding="utf-8")
 
 
 # ------------------------------------------------------------------ stage 3: the generated stream

@@ -7,6 +7,13 @@ role (``features.ROLE_*``), encodes items with a :class:`Vocabulary` and writes
 the records with :func:`peterrec.data.tfrecord.write_tfrecord_set`, together
 with ``vocab.json`` (and ``target_vocab.json`` for finetuning data).
 
+Large files convert out of core (``streaming``; automatic from
+``STREAMING_THRESHOLD_BYTES``): the reader's per-line parsing feeds
+hash-partitioned temporary files instead of memory, each partition is grouped
+by user on its own, k-core runs as extra passes over the partitions, and the
+kept users are merged back in the in-memory reader's order, so both paths
+write the same set (see :func:`_streamed`).
+
 The vocabulary's ``counts`` are counted over training positions only
 (``items[:-2]`` of leave-one-out users, all items of ``ROLE_TRAIN`` users), so
 popularity baselines and samplers never see evaluation targets.
@@ -25,20 +32,38 @@ import json
 import logging
 import math
 import os
+import heapq
+import itertools
+import operator
+import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from peterrec import __version__, features
-from peterrec.data.readers import FORMATS, UserSequence, detect_format, read_sequences, read_user_targets
-from peterrec.data.tfrecord import check_output_dir, file_sha256, load_metadata, write_tfrecord_set
+from peterrec.data.readers import (
+    FORMATS,
+    Partition,
+    UserSequence,
+    detect_format,
+    iter_partition,
+    partition_sequences,
+    read_sequences,
+    read_user_targets,
+    write_partition,
+)
+from peterrec.data.tfrecord import _sibling_path, check_output_dir, file_sha256, load_metadata, write_tfrecord_set
 from peterrec.data.vocab import VOCAB_FILENAME, Vocabulary
 from peterrec.errors import ConfigError, DataError, VocabularyError
 
 TARGET_VOCAB_FILENAME = "target_vocab.json"
 SPLITS = ("loo", "random")
 MIN_LENGTH = {"loo": 3, "random": 2}  # loo: train + valid + test item; random: history + target
+STREAMING_FORMATS = ("inter", "peterrec", "caser", "ratings")
+STREAMING_THRESHOLD_BYTES = 64 << 20  # convert(streaming=None) streams files at least this large
+STREAM_PARTITION_BYTES = 8 << 20  # input bytes per temporary partition (~300k interactions, ~100 MB grouped in memory)
+MAX_PARTITIONS = 512  # open files while partitioning
 _log = logging.getLogger(__name__)
 
 
@@ -61,6 +86,7 @@ def convert(
     targets: str | None = None,
     overwrite: bool = False,
     max_skipped_share: float = 0.5,
+    streaming: bool | None = None,
 ) -> dict:
     """Converts an interaction file into a TFRecord set.
 
@@ -93,44 +119,187 @@ def convert(
         overwrite: Replace an existing non-empty ``output_dir``.
         max_skipped_share: Fail when ``min_seq_len`` skips more than this
             share of the users left by the other filters (1 = never).
+        streaming: Convert out of core (see :func:`_streamed`): True forces
+            it, False forbids it, None (default) streams files of
+            ``STREAMING_THRESHOLD_BYTES`` or more. Both paths write the same
+            set (byte-identical shards) for the same options.
 
     Returns:
         The metadata written to ``<output_dir>/metadata.json``.
 
     Raises:
-        ConfigError: An option is out of range.
+        ConfigError: An option is out of range, or ``streaming=True`` for a
+            TFDS dataset.
         DataError: The input is malformed, no user is left after the
             filters, more than ``max_skipped_share`` of the users are too
             short, or ``output_dir`` is not empty (without ``overwrite``).
     """
     min_length, notes = _check_options(split, valid_fraction, test_fraction, min_seq_len, k_core, num_shards)
     check_output_dir(output_dir, overwrite)
-    sequences, read_stats = read_sequences(data, fmt, rating_threshold=rating_threshold)
-    counts = _initial_counts(read_stats)
-    if targets is not None:
-        _attach_targets(sequences, read_stats, read_user_targets(targets), counts)
-    sequences = _dedup(sequences, counts) if dedup else sequences
-    sequences = _k_core(sequences, k_core, counts)
-    sequences = _drop_short(sequences, min_length, counts)
-    if not sequences:
-        raise DataError(f"{data}: no user has {min_length} or more interactions after the filters (counts: {counts})")
-    check_skipped_share(counts, max_skipped_share, data, min_length)
-    roles = _assign_roles(len(sequences), split, valid_fraction, test_fraction, seed, data)
-    item_vocab = vocab or _build_vocab([seq.items for seq in sequences], roles)
-    target_vocab_ = _target_vocab(sequences, roles, target_vocab, read_stats, data)
-    records = _encode(sequences, roles, item_vocab, target_vocab_, counts)
+    target_map = read_user_targets(targets) if targets is not None else None
     filters = {"rating_threshold": rating_threshold, "dedup": dedup, "k_core": k_core, "min_seq_len": min_length,
                "min_seq_len_requested": min_seq_len}
+    if not _use_streaming(data, fmt, streaming):
+        source = _in_memory(data, fmt, filters, target_map)
+        return _write(data, output_dir, source, filters, notes, vocab=vocab, target_vocab=target_vocab, num_shards=num_shards,
+                      split=split, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+                      max_skipped_share=max_skipped_share)
+    scratch = _sibling_path(output_dir, "convert")
+    os.makedirs(os.path.dirname(scratch), exist_ok=True)
+    os.mkdir(scratch)
+    try:
+        source = _streamed(data, fmt, filters, target_map, scratch)
+        return _write(data, output_dir, source, filters, notes, vocab=vocab, target_vocab=target_vocab, num_shards=num_shards,
+                      split=split, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+                      max_skipped_share=max_skipped_share)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class _Source:
+    """Filtered users, ready to encode: ``sequences()`` iterates the kept users (reader order) and may be
+    called more than once; ``counts`` holds every filter count, ``read_stats`` the reader's stats."""
+
+    sequences: Callable[[], Iterable[UserSequence]]
+    read_stats: dict
+    counts: dict
+    streaming: dict | None = None
+
+
+def _use_streaming(data: str, fmt: str, streaming: bool | None) -> bool:
+    """Whether to convert out of core (``streaming`` None: by file size)."""
+    if streaming is False:
+        return False
+    resolved = detect_format(data) if fmt == "auto" and os.path.isfile(data) else fmt
+    if resolved == "tfds" and streaming:
+        raise ConfigError(f"{data}: --streaming: TFDS datasets are read through tensorflow_datasets, not streamed; "
+                          "convert without --streaming")
+    if resolved not in STREAMING_FORMATS or not os.path.isfile(data):
+        return False  # an unknown format or a missing file: the reader names the problem
+    return bool(streaming) or os.path.getsize(data) >= STREAMING_THRESHOLD_BYTES
+
+
+def _in_memory(data: str, fmt: str, filters: dict, target_map: dict | None) -> _Source:
+    """Reads the whole file into memory and applies the filters."""
+    sequences, read_stats = read_sequences(data, fmt, rating_threshold=filters["rating_threshold"])
+    counts = _initial_counts(read_stats)
+    if target_map is not None:
+        _attach_targets(sequences, read_stats, target_map, counts)
+    if filters["dedup"]:
+        sequences = [_dedup(sequence, counts) for sequence in sequences]
+    sequences = _k_core(sequences, filters["k_core"], counts)
+    _count_short(Counter(len(sequence.items) for sequence in sequences), filters["min_seq_len"], counts)
+    kept = [sequence for sequence in sequences if len(sequence.items) >= filters["min_seq_len"]]
+    return _Source(lambda: kept, read_stats, counts)
+
+
+def _streamed(data: str, fmt: str, filters: dict, target_map: dict | None, scratch: str) -> _Source:
+    """Out-of-core reading and filtering, with the in-memory path's results.
+
+    Memory holds one partition of users, the item counts and one small buffer per partition, never
+    the whole file: :func:`readers.partition_sequences` deals the interactions by a hash of the user
+    into ``~size / STREAM_PARTITION_BYTES`` temporary files under ``scratch`` and groups each one
+    (targets attached and duplicates dropped on the way); every k-core round is one more pass that
+    rewrites the partitions; the kept users are read back merged by their first line
+    (:func:`heapq.merge`), i.e. in the in-memory reader's order, so the roles, the vocabulary and
+    the shards come out the same. A ``targets`` file is read into memory (it is per user, small).
+    """
+    num_partitions = min(MAX_PARTITIONS, max(1, math.ceil(os.path.getsize(data) / STREAM_PARTITION_BYTES)))
+    pending = {"duplicates_removed": 0}
+    targeted: set = set()
+    item_counts: Counter = Counter()
+
+    def transform(first, sequence):
+        if target_map is not None:
+            sequence.targets = target_map.get(sequence.user, [])
+            if sequence.user in target_map:
+                targeted.add(sequence.user)
+        if filters["dedup"]:
+            sequence = _dedup(sequence, pending)
+        if filters["k_core"] > 0:
+            item_counts.update(sequence.items)
+        return sequence
+
+    partitions, read_stats = partition_sequences(
+        data, fmt, scratch, num_partitions, rating_threshold=filters["rating_threshold"], transform=transform
+    )
+    counts = _initial_counts(read_stats)
+    counts["duplicates_removed"] = pending["duplicates_removed"]
+    if target_map is not None:
+        counts["target_users_without_source"] = len(target_map) - len(targeted)
+        read_stats["has_targets"] = True
+    partitions = _k_core_partitions(partitions, filters["k_core"], item_counts, counts, scratch)
+    _count_short(sum((partition.lengths for partition in partitions), Counter()), filters["min_seq_len"], counts)
+    min_length = filters["min_seq_len"]
+
+    def merged():
+        for _, sequence in heapq.merge(*map(iter_partition, partitions), key=operator.itemgetter(0)):
+            if len(sequence.items) >= min_length:
+                yield sequence
+
+    return _Source(merged, read_stats, counts, streaming={"partitions": num_partitions})
+
+
+def _k_core_partitions(partitions: list[Partition], k: int, item_counts: Counter, counts: dict, scratch: str) -> list[Partition]:
+    """:func:`_k_core` as passes over the partitions: each round filters every partition by the
+    previous round's item counts (rewriting it) until a round changes nothing."""
+    if k <= 0:
+        return partitions
+    for round_ in itertools.count(1):
+        changed, next_counts, rewritten = False, Counter(), []
+
+        def filtered(partition):
+            nonlocal changed
+            for first, sequence in iter_partition(partition):
+                kept = _k_core_filter(sequence, item_counts, k)
+                if kept is not sequence:
+                    changed = True
+                    counts["kcore_removed_interactions"] += len(sequence.items) - len(kept.items)
+                    if not kept.items:
+                        counts["kcore_removed_users"] += 1
+                        continue
+                next_counts.update(kept.items)
+                yield first, kept
+
+        for index, partition in enumerate(partitions):
+            rewritten.append(write_partition(os.path.join(scratch, f"kcore{round_}-{index:05d}.pkl"), filtered(partition)))
+            os.remove(partition.path)
+        partitions, item_counts = rewritten, next_counts
+        if not changed:
+            return partitions
+    raise AssertionError("unreachable")
+
+
+def _write(data: str, output_dir: str, source: _Source, filters: dict, notes: list[str], *, vocab, target_vocab, num_shards,
+           split, valid_fraction, test_fraction, seed, overwrite, max_skipped_share) -> dict:
+    """Assigns roles, builds the vocabularies (one pass) and writes the set (a second pass)."""
+    counts, read_stats = source.counts, source.read_stats
+    if not counts["users_kept"]:
+        raise DataError(f"{data}: no user has {filters['min_seq_len']} or more interactions after the filters (counts: {counts})")
+    check_skipped_share(counts, max_skipped_share, data, filters["min_seq_len"])
+    roles = _assign_roles(counts["users_kept"], split, valid_fraction, test_fraction, seed, data)
+    if target_vocab is not None and not read_stats["has_targets"]:
+        raise DataError(f"{data}: a target vocabulary was given but the file has no targets (no ',,' lines)")
+    scan = _scan(source.sequences(), roles, read_stats["has_targets"])
+    item_vocab = vocab or scan.vocabulary("items")
+    counts["oov_interactions"] = scan.oov("items", item_vocab)
+    target_vocab_ = None
+    if read_stats["has_targets"]:
+        target_vocab_ = target_vocab or scan.vocabulary("targets")
+        counts["target_interactions"] = sum(scan.counts["targets"].values())
+        counts["target_oov_interactions"] = scan.oov("targets", target_vocab_)
     split_options = {"mode": split, "seed": seed, "valid_fraction": valid_fraction, "test_fraction": test_fraction}
-    metadata = _metadata(data, read_stats, item_vocab, vocab is not None, filters, counts, split_options, sequences, roles)
+    metadata = _metadata(data, read_stats, item_vocab, vocab is not None, filters, counts, split_options, roles, scan.histogram())
     metadata["notes"] = notes
+    if source.streaming is not None:
+        metadata["streaming"] = source.streaming
     assets = {VOCAB_FILENAME: item_vocab.save}
     if target_vocab_ is not None:
         metadata.update(target_vocab_size=target_vocab_.size, target_vocab_hash=target_vocab_.hash)
-        metadata["target_pairs"] = {
-            name: sum(len(r["targets"]) for r in records if r["role"] == role) for role, name in features.ROLE_NAMES.items()
-        }
+        metadata["target_pairs"] = {name: scan.target_pairs[role] for role, name in features.ROLE_NAMES.items()}
         assets[TARGET_VOCAB_FILENAME] = target_vocab_.save
+    records = _encode(source.sequences(), roles, item_vocab, target_vocab_)
     written = write_tfrecord_set(records, output_dir, num_shards, metadata, overwrite=overwrite, assets=assets)
     _log.info("converted %s -> %s: %s", data, output_dir, json.dumps(counts))
     return written
@@ -144,8 +313,8 @@ def _metadata(
     filters: dict,
     counts: dict,
     split_options: dict,
-    sequences: list[UserSequence],
     roles: np.ndarray,
+    histogram: dict,
 ) -> dict:
     """Returns the metadata.json content (without shards and target vocab)."""
     is_tfds = read_stats["format"] == "tfds"
@@ -165,7 +334,7 @@ def _metadata(
         "counts": counts,
         "split": split_options,
         "roles": {name: int(np.count_nonzero(roles == role)) for role, name in features.ROLE_NAMES.items()},
-        "length_histogram": _length_histogram(sequences, roles),
+        "length_histogram": histogram,
     }
 
 
@@ -240,15 +409,21 @@ def _select(sequence: UserSequence, keep: Sequence[int]) -> UserSequence:
     return dataclasses.replace(sequence, items=[sequence.items[i] for i in keep], timestamps=timestamps)
 
 
-def _dedup(sequences: list[UserSequence], counts: dict) -> list[UserSequence]:
-    """Drops consecutive repeats of the same item within each user."""
-    result = []
-    for sequence in sequences:
-        items = sequence.items
-        keep = [i for i in range(len(items)) if i == 0 or items[i] != items[i - 1]]
-        counts["duplicates_removed"] += len(items) - len(keep)
-        result.append(_select(sequence, keep) if len(keep) != len(items) else sequence)
-    return result
+def _dedup(sequence: UserSequence, counts: dict) -> UserSequence:
+    """Drops consecutive repeats of the same item by one user (counted in ``duplicates_removed``)."""
+    items = sequence.items
+    keep = [i for i in range(len(items)) if i == 0 or items[i] != items[i - 1]]
+    counts["duplicates_removed"] += len(items) - len(keep)
+    return _select(sequence, keep) if len(keep) != len(items) else sequence
+
+
+def _k_core_filter(sequence: UserSequence, item_counts: Counter, k: int) -> UserSequence:
+    """One k-core round for one user: keeps items with ``k`` or more interactions, and nothing when
+    fewer than ``k`` remain; returns ``sequence`` itself when nothing changes."""
+    keep = [i for i, item in enumerate(sequence.items) if item_counts[item] >= k]
+    if len(keep) < k:
+        keep = []
+    return sequence if len(keep) == len(sequence.items) else _select(sequence, keep)
 
 
 def _k_core(sequences: list[UserSequence], k: int, counts: dict) -> list[UserSequence]:
@@ -259,31 +434,22 @@ def _k_core(sequences: list[UserSequence], k: int, counts: dict) -> list[UserSeq
     changed = True
     while changed:
         item_counts = Counter(item for sequence in current for item in sequence.items)
-        changed = False
-        result = []
-        for sequence in current:
-            keep = [i for i, item in enumerate(sequence.items) if item_counts[item] >= k]
-            if len(keep) < k:
-                keep = []
-            if len(keep) != len(sequence.items):
-                changed = True
-                counts["kcore_removed_interactions"] += len(sequence.items) - len(keep)
-                sequence = _select(sequence, keep)
-            result.append(sequence)
+        result = [_k_core_filter(sequence, item_counts, k) for sequence in current]
+        changed = any(new is not old for new, old in zip(result, current))
+        counts["kcore_removed_interactions"] += sum(len(old.items) - len(new.items) for new, old in zip(result, current))
         current = result
     kept = [sequence for sequence, original in zip(current, sequences) if sequence.items or not original.items]
     counts["kcore_removed_users"] += len(sequences) - len(kept)
     return kept
 
 
-def _drop_short(sequences: list[UserSequence], min_length: int, counts: dict) -> list[UserSequence]:
-    """Skips (and counts) users with fewer than ``min_length`` items."""
-    kept = [sequence for sequence in sequences if len(sequence.items) >= min_length]
-    counts["users_skipped_short"] += len(sequences) - len(kept)
-    counts["short_removed_interactions"] += sum(len(s.items) for s in sequences) - sum(len(s.items) for s in kept)
-    counts["users_kept"] = len(kept)
-    counts["interactions"] = sum(len(sequence.items) for sequence in kept)
-    return kept
+def _count_short(lengths: Counter, min_length: int, counts: dict) -> None:
+    """Counts the users skipped for fewer than ``min_length`` items and the kept ones (``lengths``: users per length)."""
+    kept = {length: users for length, users in lengths.items() if length >= min_length}
+    counts["users_skipped_short"] += sum(lengths.values()) - sum(kept.values())
+    counts["short_removed_interactions"] += sum(length * users for length, users in lengths.items() if length < min_length)
+    counts["users_kept"] = sum(kept.values())
+    counts["interactions"] = sum(length * users for length, users in kept.items())
 
 
 def _share(num_users: int, fraction: float) -> int:
@@ -324,55 +490,55 @@ def training_items(items: Sequence[str], role: int) -> Sequence[str]:
     return items if role == features.ROLE_TRAIN else []
 
 
-def _build_vocab(token_lists: Sequence[Sequence[str]], roles: np.ndarray) -> Vocabulary:
-    """Builds a frequency-ordered vocabulary whose counts are training counts."""
-    tokens = Vocabulary.build(token_lists).tokens
-    train_counts = Counter(token for seq, role in zip(token_lists, roles) for token in training_items(seq, role))
-    return Vocabulary(tokens, [train_counts[token] for token in tokens])
+class _Scan:
+    """One pass over the kept users: token counts (all positions, in first-appearance order) and
+    training counts of items and targets, the length histogram and target pairs per role."""
+
+    def __init__(self):
+        self.counts = {"items": Counter(), "targets": Counter()}
+        self.train_counts = {"items": Counter(), "targets": Counter()}
+        self.lengths = {name: Counter() for name in features.ROLE_NAMES.values()}
+        self.target_pairs = Counter()
+
+    def add(self, sequence: UserSequence, role: int, has_targets: bool) -> None:
+        self.counts["items"].update(sequence.items)
+        self.train_counts["items"].update(training_items(sequence.items, role))
+        self.lengths[features.ROLE_NAMES[role]][len(sequence.items)] += 1
+        if has_targets:
+            targets = sequence.targets or []
+            self.counts["targets"].update(targets)
+            if role in (features.ROLE_LOO, features.ROLE_TRAIN):  # every target of a loo user is training
+                self.train_counts["targets"].update(targets)
+            self.target_pairs[role] += len(targets)
+
+    def vocabulary(self, kind: str) -> Vocabulary:
+        """A frequency-ordered vocabulary (ties by first appearance, as ``Vocabulary.build``) whose counts are training counts."""
+        counts, train_counts = self.counts[kind], self.train_counts[kind]
+        tokens = sorted(counts, key=lambda token: -counts[token])  # stable: the Counter keeps first-appearance order
+        return Vocabulary(tokens, [train_counts[token] for token in tokens])
+
+    def oov(self, kind: str, vocab: Vocabulary) -> int:
+        """How many of the tokens are not in ``vocab``."""
+        return sum(count for token, count in self.counts[kind].items() if token not in vocab)
+
+    def histogram(self) -> dict[str, dict[str, int]]:
+        """``{role name: {str(length): users}}`` for every role."""
+        return {name: {str(length): count[length] for length in sorted(count)} for name, count in self.lengths.items()}
 
 
-def _target_vocab(
-    sequences: list[UserSequence], roles: np.ndarray, target_vocab: Vocabulary | None, read_stats: dict, data: str
-) -> Vocabulary | None:
-    """Returns the target vocabulary of finetuning data (None if no targets).
-
-    Built target vocabularies count the targets of users whose targets are
-    used for training (``ROLE_LOO`` and ``ROLE_TRAIN``).
-    """
-    if not read_stats["has_targets"]:
-        if target_vocab is not None:
-            raise DataError(f"{data}: a target vocabulary was given but the file has no targets (no ',,' lines)")
-        return None
-    if target_vocab is not None:
-        return target_vocab
-    target_lists = [sequence.targets or [] for sequence in sequences]
-    train_roles = np.where(roles == features.ROLE_LOO, features.ROLE_TRAIN, roles)  # every target of a loo user is training
-    return _build_vocab(target_lists, train_roles)
+def _scan(sequences: Iterable[UserSequence], roles: np.ndarray, has_targets: bool) -> _Scan:
+    scan = _Scan()
+    for sequence, role in zip(sequences, roles.tolist()):
+        scan.add(sequence, role, has_targets)
+    return scan
 
 
-def _encode(
-    sequences: list[UserSequence], roles: np.ndarray, vocab: Vocabulary, target_vocab: Vocabulary | None, counts: dict
-) -> list[dict]:
-    """Encodes the sequences into TFRecord records, counting OOV tokens."""
-    records = []
-    for sequence, role in zip(sequences, roles):
-        items, oov = vocab.encode(sequence.items)
-        counts["oov_interactions"] += oov
-        record = {"user": sequence.user, "items": items, "timestamps": sequence.timestamps, "role": int(role), "targets": None}
-        if target_vocab is not None:
-            record["targets"], target_oov = target_vocab.encode(sequence.targets or [])
-            counts["target_interactions"] += len(record["targets"])
-            counts["target_oov_interactions"] += target_oov
-        records.append(record)
-    return records
-
-
-def _length_histogram(sequences: list[UserSequence], roles: np.ndarray) -> dict[str, dict[str, int]]:
-    """Returns ``{role name: {str(length): users}}`` for every role."""
-    histogram: dict[str, Counter] = {name: Counter() for name in features.ROLE_NAMES.values()}
-    for sequence, role in zip(sequences, roles):
-        histogram[features.ROLE_NAMES[int(role)]][len(sequence.items)] += 1
-    return {name: {str(length): count[length] for length in sorted(count)} for name, count in histogram.items()}
+def _encode(sequences: Iterable[UserSequence], roles: np.ndarray, vocab: Vocabulary, target_vocab: Vocabulary | None) -> Iterator[dict]:
+    """Yields the TFRecord records of the users (OOV tokens become ``OOV_ID``; counted by :class:`_Scan`)."""
+    for sequence, role in zip(sequences, roles.tolist()):
+        targets = None if target_vocab is None else target_vocab.encode(sequence.targets or [])[0]
+        yield {"user": sequence.user, "items": vocab.encode(sequence.items)[0], "timestamps": sequence.timestamps, "role": role,
+               "targets": targets}
 
 
 def resolve_data(data: str, fmt: str, tfrecord_root: str, **convert_kwargs) -> str:
@@ -434,7 +600,7 @@ def _cache_options(data: str, fmt: str, convert_kwargs: dict) -> dict:
     bound = inspect.signature(convert).bind_partial(data, fmt, "", **convert_kwargs)
     bound.apply_defaults()
     options = dict(bound.arguments)
-    for name in ("data", "output_dir", "vocab", "target_vocab", "overwrite", "max_skipped_share"):  # not the output's shape
+    for name in ("data", "output_dir", "vocab", "target_vocab", "overwrite", "max_skipped_share", "streaming"):  # not the output's shape
         options.pop(name)
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not one of {', '.join(FORMATS)}")

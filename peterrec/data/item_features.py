@@ -669,3 +669,189 @@ def embed_categorical(table, values, kind):
         return embedded
     keep = tf.cast(tf.not_equal(values, PAD_VALUE), embedded.dtype)[..., None]
     return tf.reduce_sum(embedded * keep, axis=-2)
+
+
+# ---------------------------------------------------------------- per-interaction behaviour types
+BEHAVIOURS_FILE = "behaviours"
+BEHAVIOUR_HINTS = ("behaviour", "behavior", "action", "behaviour_type", "behavior_type")
+
+
+def inter_columns(path):
+    """The column names of a RecBole ``.inter`` file's header (``[]`` when ``path`` is not such a file)."""
+    if not (os.path.isfile(path) and path.lower().endswith(".inter")):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        header = stream.readline().lstrip("\ufeff").rstrip("\n").rstrip("\r")
+    return [cell.split(":", 1)[0].strip() for cell in header.split("\t")]
+
+
+def read_behaviour_column(path, field, *, rating_threshold=None, flag="behaviour_field"):
+    """Each user's interactions of a RecBole ``.inter`` file with their ``field`` token (the behaviour type).
+
+    Read as ``peterrec.data.readers`` reads the file (users by first
+    appearance, a user's interactions sorted stably by timestamp, the same
+    rating threshold), so the result lines up with the TFRecord set built
+    from it. Returns ``{user: (item tokens, timestamps (int seconds) or None,
+    behaviour tokens)}``.
+
+    Raises:
+        ConfigError: ``path`` is not an ``.inter`` file, or has no column ``field`` (naming ``--{flag}`` and the columns).
+        DataError: a malformed line or an empty behaviour cell (``file:line``).
+    """
+    from peterrec.data import readers
+
+    columns = inter_columns(path)
+    if not columns:
+        raise ConfigError(f"--{flag}: needs a RecBole .inter --data file with a behaviour column, got {path!r}")
+    if field not in columns:
+        raise ConfigError(f"--{flag}: {path} has no column {field!r} (its columns: {', '.join(columns)})")
+    lines = readers._iter_lines(path)
+    header_line, header = next(lines)
+    index = readers._parse_inter_header(f"{path}:{header_line}", header)
+    user_col, item_col, col = index["user_id"], index["item_id"], index[field]
+    time_col, rating_col = index.get("timestamp"), index.get("rating")
+    users = {}
+    for number, text in lines:
+        where = f"{path}:{number}"
+        cells = text.split("\t")
+        if len(cells) != len(index):
+            raise DataError(f"{where}: expected {len(index)} tab-separated columns as in the header, got {len(cells)}")
+        if rating_threshold is not None and rating_col is not None:
+            if readers._parse_number(cells[rating_col], "rating", where) < rating_threshold:
+                continue
+        kind = cells[col].strip()
+        if not kind:
+            raise DataError(f"{where}: empty {field!r} (every interaction needs a behaviour type with --{flag})")
+        when = None if time_col is None else readers._parse_number(cells[time_col], "timestamp", where)
+        users.setdefault(cells[user_col], []).append((when, cells[item_col], kind))
+    out = {}
+    for user, entries in users.items():
+        if time_col is not None:
+            entries.sort(key=lambda entry: entry[0])
+        out[user] = ([e[1] for e in entries], None if time_col is None else [int(e[0]) for e in entries], [e[2] for e in entries])
+    return out
+
+
+@dataclasses.dataclass
+class Behaviours:
+    """Behaviour-type ids of every interaction of a TFRecord set, aligned with its records' ``items``.
+
+    Attributes:
+        field: the ``.inter`` column they come from.
+        types: type tokens; id ``k`` is ``types[k]`` (frequency order, ties by first appearance).
+        users: raw user ids, one per record.
+        values: int32, the users' id sequences concatenated; ``row_splits`` int64 ``[len(users) + 1]``.
+        stats: counts (``interactions`` per type).
+    """
+
+    field: str
+    types: list
+    users: list
+    values: np.ndarray
+    row_splits: np.ndarray
+    stats: dict
+
+    def type_id(self, token, flag="candidate_behaviour"):
+        """The id of a type token (ConfigError naming ``--{flag}`` and the types otherwise)."""
+        if token not in self.types:
+            raise ConfigError(f"--{flag}: {token!r} is not a behaviour type of --behaviour_field {self.field} ({', '.join(self.types)})")
+        return self.types.index(token)
+
+    def of(self, user):
+        """The id sequence of one user (numpy)."""
+        k = self.users.index(user)
+        return self.values[self.row_splits[k] : self.row_splits[k + 1]]
+
+    def lookup_fn(self):
+        """``record -> int32 [n]``: the behaviour ids of a parsed TFRecord record (for ``tf.data`` maps)."""
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(self.users), tf.range(len(self.users), dtype=tf.int64)), default_value=-1
+        )
+        values, splits = tf.constant(self.values, tf.int32), tf.constant(self.row_splits, tf.int64)
+
+        def lookup(record):
+            row = table.lookup(record["user"])
+            tf.debugging.assert_non_negative(row, message="a record's user has no behaviour row")
+            return values[splits[row] : splits[row + 1]]
+
+        return lookup
+
+    def save(self, directory, name=BEHAVIOURS_FILE):
+        os.makedirs(directory, exist_ok=True)
+        npz = os.path.join(directory, f"{name}.npz")
+        _atomic_write(npz, lambda stream: np.savez(stream, values=self.values, row_splits=self.row_splits), binary=True)
+        payload = {"field": self.field, "types": self.types, "users": self.users, "stats": self.stats, "npz_sha256": _sha256(npz)}
+        path = os.path.join(directory, f"{name}.json")
+        _atomic_write(path, lambda stream: json.dump(payload, stream, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def load(cls, path):
+        with open(path, encoding="utf-8") as stream:
+            payload = json.load(stream)
+        npz = path[: -len(".json")] + ".npz"
+        if not os.path.isfile(npz) or _sha256(npz) != payload["npz_sha256"]:
+            raise DataError(f"{npz}: missing or modified")
+        with np.load(npz) as data:
+            return cls(payload["field"], payload["types"], payload["users"], data["values"], data["row_splits"], payload["stats"])
+
+
+def align_behaviours(set_dir, vocab: Vocabulary, raw, field, data="--data"):
+    """``Behaviours`` for the records of a TFRecord set from :func:`read_behaviour_column`'s ``raw``.
+
+    Each record's items are a subsequence of the user's interactions in the
+    file (the set's filters only drop interactions: consecutive repeats,
+    k-core, too-short users); they are matched in order, by item id (and
+    timestamp when the set has them), earliest first.
+
+    Raises:
+        DataError: a record's user or items are not in the file (the set was built from another file).
+    """
+    from peterrec.data import dataset
+
+    counts = {}
+    for _, _, kinds in raw.values():
+        for kind in kinds:
+            counts[kind] = counts.get(kind, 0) + 1
+    types = sorted(counts, key=lambda t: -counts[t])  # stable: ties keep first appearance
+    type_ids = {t: k for k, t in enumerate(types)}
+    users, chunks, splits = [], [], [0]
+    for record in dataset._records(set_dir):
+        user = record["user"].numpy().decode("utf-8")
+        items, times = record["items"].numpy(), record["timestamps"].numpy()
+        if user not in raw:
+            raise DataError(f"{data}: user {user!r} of the TFRecord set {set_dir} is not in the file (built from another file?)")
+        tokens, raw_times, kinds = raw[user]
+        raw_ids = vocab.encode(tokens)[0]
+        out, j = np.zeros(len(items), np.int32), 0
+        for i, item in enumerate(items):
+            while j < len(raw_ids) and not (raw_ids[j] == item and (not len(times) or raw_times is None or raw_times[j] == times[i])):
+                j += 1
+            if j == len(raw_ids):
+                raise DataError(f"{data}: user {user!r}'s interactions in the TFRecord set {set_dir} do not match the file (built from another file?)")
+            out[i] = type_ids[kinds[j]]
+            j += 1
+        users.append(user)
+        chunks.append(out)
+        splits.append(splits[-1] + len(out))
+    values = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+    stats = {"interactions": {t: int(np.sum(values == k)) for k, t in enumerate(types)}}
+    return Behaviours(field, types, users, values, np.asarray(splits, np.int64), stats)
+
+
+def behaviours_for_set(set_dir, vocab: Vocabulary, data, field, *, rating_threshold=None):
+    """The behaviour ids of a set's records, read from ``data`` once and cached in the set (``behaviours-<key>.json``)."""
+    if not os.path.isfile(data):
+        raise ConfigError(f"--behaviour_field: needs a RecBole .inter --data file with a behaviour column, got {data!r}")
+    digest = hashlib.sha256(json.dumps([field, rating_threshold, vocab.hash]).encode())
+    digest.update(_sha256(data).encode())
+    cached = os.path.join(set_dir, f"{BEHAVIOURS_FILE}-{digest.hexdigest()[:12]}.json")
+    if os.path.isfile(cached):
+        try:
+            return Behaviours.load(cached)
+        except (DataError, OSError, ValueError, KeyError):
+            _log.warning("%s is damaged; rebuilding it", cached)
+    raw = read_behaviour_column(data, field, rating_threshold=rating_threshold)
+    built = align_behaviours(set_dir, vocab, raw, field, data)
+    built.save(set_dir, os.path.basename(cached)[: -len(".json")])
+    return built

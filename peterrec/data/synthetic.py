@@ -427,24 +427,12 @@ def write_files(world: SyntheticWorld, output_dir) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     users = range(world.config.n_users)
-    _write(
-        out / SOURCE_FILE,
-        INTER_HEADER,
-        (
-            "%s\t%s\t%d\n" % (user_id(u), item_id(i), t)
-            for u in users
-            for i, t in zip(world.source_items[u].tolist(), world.source_times[u].tolist())
-        ),
-    )
-    _write(
-        out / TARGET_FILE,
-        INTER_HEADER,
-        (
-            "%s\t%s\t%d\n" % (user_id(u), target_id(i), t)
-            for u in users
-            for i, t in zip(world.target_items[u].tolist(), world.target_times[u].tolist())
-        ),
-    )
+
+    def interactions(items, times, name):  # one "user<TAB>item<TAB>time" line per interaction, users in order
+        return ("%s\t%s\t%d\n" % (user_id(u), name(i), t) for u in users for i, t in zip(items[u].tolist(), times[u].tolist()))
+
+    _write(out / SOURCE_FILE, INTER_HEADER, interactions(world.source_items, world.source_times, item_id))
+    _write(out / TARGET_FILE, INTER_HEADER, interactions(world.target_items, world.target_times, target_id))
     _write(
         out / PROFILE_FILE,
         PROFILE_HEADER,

@@ -20,6 +20,21 @@ The network follows the TensorFlow original (``jinze1994/ATRank``
    vector ``u`` for *this* candidate;
 5. ``logit = b_c + u · e_c``.
 
+**Multi-behaviour ATRank** (``behaviours``: the type names, the original's
+``multi/model.py``): every history item carries a behaviour type ``k_j``
+and each type has its own projection,
+``h_j = Dense^{(k_j)}_H(item_emb ⊕ field_embs ⊕ behaviour_emb[k_j] ⊕ one_hot(time_bucket_j))``,
+before the shared self-attention. The candidate goes through the projection
+of one type (``candidate_behaviour``, an index into ``behaviours``) with
+zeros in the behaviour and time slots:
+``e_c = Dense^{(t)}_H(item_emb ⊕ field_embs ⊕ 0 ⊕ 0)``
+(``candidate_projection="type"``, the original), or stays the
+single-behaviour ``item_emb ⊕ field_embs`` (``"none"``). Weight mapping to
+the single-behaviour model (one type, ``candidate_projection="none"``: the
+same outputs): ``behaviour_projection_0`` kernel = ``history_projection``
+kernel with ``behaviour_dim`` zero rows inserted after the first ``H`` rows
+(the behaviour slot), same bias; every other weight is shared by name.
+
 Padded history slots never change the output: every mask comes from the
 lengths, never from the item ids (item 0 may be real in other data).
 :meth:`ATRank.score_candidates` scores ``C`` candidates per user with the
@@ -47,6 +62,7 @@ TIME_BOUNDARIES = tuple(2**k for k in range(1, 13))  # 2, 4, ..., 4096 (days)
 NUM_TIME_BUCKETS = len(TIME_BOUNDARIES) + 1  # 13
 SECONDS_PER_DAY = 86400
 MASK_VALUE = -(2.0**32) + 1.0  # the original's score for a padded key
+CANDIDATE_PROJECTIONS = ("type", "none")
 
 
 def time_bucket(delta_days):
@@ -156,6 +172,10 @@ class ATRank(keras.Model):
         dropout=0.0,
         time_depth=NUM_TIME_BUCKETS,
         candidate_chunk=512,
+        behaviours=(),
+        behaviour_dim=16,
+        candidate_behaviour=0,
+        candidate_projection="type",
         **kwargs,
     ):
         kwargs.setdefault("name", "atrank")
@@ -181,8 +201,25 @@ class ATRank(keras.Model):
             for s in self.feature_spec
         ]
         self.item_bias = self.add_weight(shape=(self.vocabulary_size,), initializer="zeros", name="item_bias")
-        self.history_projection = keras.layers.Dense(self.hidden_size, kernel_initializer="glorot_uniform", name="history_projection")
-        self.history_projection.build((None, self.hidden_size + self.time_depth))
+        self.behaviours = [str(b) for b in behaviours]
+        self.behaviour_dim, self.candidate_behaviour = int(behaviour_dim), int(candidate_behaviour)
+        self.candidate_projection = str(candidate_projection)
+        if self.behaviours:
+            if not 0 <= self.candidate_behaviour < len(self.behaviours):
+                raise ConfigError(f"--candidate_behaviour: index {self.candidate_behaviour} is not one of the {len(self.behaviours)} behaviour types")
+            if self.candidate_projection not in CANDIDATE_PROJECTIONS:
+                raise ConfigError(f"--candidate_projection: {self.candidate_projection!r} is not one of {', '.join(CANDIDATE_PROJECTIONS)}")
+            self.behaviour_embedding = self.add_weight(
+                shape=(len(self.behaviours), self.behaviour_dim), initializer="glorot_uniform", name="behaviour_embedding"
+            )
+            self.behaviour_projections = []
+            for k in range(len(self.behaviours)):
+                layer = keras.layers.Dense(self.hidden_size, kernel_initializer="glorot_uniform", name=f"behaviour_projection_{k}")
+                layer.build((None, self.hidden_size + self.behaviour_dim + self.time_depth))
+                self.behaviour_projections.append(layer)
+        else:
+            self.history_projection = keras.layers.Dense(self.hidden_size, kernel_initializer="glorot_uniform", name="history_projection")
+            self.history_projection.build((None, self.hidden_size + self.time_depth))
         self.self_blocks = [ATRankBlock(self.hidden_size, self.num_heads, self.dropout, name=f"self_attention_{i}") for i in range(self.num_layers)]
         self.vanilla_blocks = [ATRankBlock(self.hidden_size, self.num_heads, self.dropout, name=f"vanilla_attention_{i}") for i in range(self.num_layers)]
         for block in self.self_blocks + self.vanilla_blocks:
@@ -199,12 +236,38 @@ class ATRank(keras.Model):
             parts.append(embed_categorical(table, looked_up[spec["name"]][0], spec["kind"]))
         return tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
 
-    def encode(self, item_ids, lengths, time_buckets, training=None):
-        """The self-attention part: ``(encoded history [B, T, H], key mask [B, T])`` (once per user)."""
+    def candidate_vectors(self, item_ids):
+        """The candidate embedding ``e_c`` ``[..., H]``: ``item_vectors``, or (multi-behaviour, ``candidate_projection="type"``)
+        their projection by the candidate type's Dense with zeros in the behaviour and time slots."""
+        e = self.item_vectors(item_ids)
+        if not self.behaviours or self.candidate_projection == "none":
+            return e
+        zeros = tf.zeros(tf.concat([tf.shape(e)[:-1], [self.behaviour_dim + self.time_depth]], 0), e.dtype)
+        return self.behaviour_projections[self.candidate_behaviour](tf.concat([e, zeros], axis=-1))
+
+    def _project_history(self, vectors, time, behaviours):
+        """``Dense(item ⊕ fields ⊕ time)`` (single behaviour) or each position's type projection of
+        ``item ⊕ fields ⊕ behaviour_emb ⊕ time``; ``behaviours`` None: every position is the candidate type (serving)."""
+        if not self.behaviours:
+            return self.history_projection(tf.concat([vectors, time], axis=-1))
+        if behaviours is None:
+            behaviours = tf.fill(tf.shape(vectors)[:-1], self.candidate_behaviour)
+        behaviours = tf.clip_by_value(tf.cast(behaviours, tf.int32), 0, len(self.behaviours) - 1)  # padded slots: any type (masked)
+        x = tf.concat([vectors, tf.gather(self.behaviour_embedding, behaviours), time], axis=-1)
+        if len(self.behaviour_projections) == 1:
+            return self.behaviour_projections[0](x)
+        select = tf.one_hot(behaviours, len(self.behaviours), dtype=x.dtype)  # [B, T, K]
+        return tf.add_n([layer(x) * select[..., k : k + 1] for k, layer in enumerate(self.behaviour_projections)])
+
+    def encode(self, item_ids, lengths, time_buckets, behaviours=None, training=None):
+        """The self-attention part: ``(encoded history [B, T, H], key mask [B, T])`` (once per user).
+
+        ``behaviours`` int ``[B, T]``: the history's behaviour-type ids (multi-behaviour only).
+        """
         item_ids = tf.cast(item_ids, tf.int32)
         mask = tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(item_ids)[1], dtype=tf.float32)
         time = tf.one_hot(tf.cast(time_buckets, tf.int32), self.time_depth, dtype=tf.float32)  # depth 12: bucket 12 -> zeros
-        h = self.history_projection(tf.concat([self.item_vectors(item_ids), time], axis=-1))
+        h = self._project_history(self.item_vectors(item_ids), time, behaviours)
         for block in self.self_blocks:
             h = block(h, h, mask, mask, training=training)
         return h, mask
@@ -212,7 +275,7 @@ class ATRank(keras.Model):
     def score_candidates(self, encoded, mask, candidates, training=None):
         """``(logits [B, C], u [B, C, H], e_c [B, C, H])`` for ``candidates`` ``[B, C]``."""
         candidates = tf.cast(candidates, tf.int32)
-        e = self.item_vectors(candidates)
+        e = self.candidate_vectors(candidates)
         u = e
         ones = tf.ones(tf.shape(candidates), tf.float32)
         for block in self.vanilla_blocks:
@@ -233,8 +296,8 @@ class ATRank(keras.Model):
         scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [batch, num_chunks * chunk])
         return scores[:, : self.vocabulary_size]
 
-    def call(self, item_ids, lengths, time_buckets, candidates, training=None):
-        encoded, mask = self.encode(item_ids, lengths, time_buckets, training=training)
+    def call(self, item_ids, lengths, time_buckets, candidates, behaviours=None, training=None):
+        encoded, mask = self.encode(item_ids, lengths, time_buckets, behaviours, training=training)
         return self.score_candidates(encoded, mask, candidates, training=training)[0]
 
     def get_config(self):
@@ -250,7 +313,12 @@ class ATRank(keras.Model):
             "dropout": self.dropout,
             "time_depth": self.time_depth,
             "candidate_chunk": self.candidate_chunk,
-        }
+        } | ({
+            "behaviours": self.behaviours,
+            "behaviour_dim": self.behaviour_dim,
+            "candidate_behaviour": self.candidate_behaviour,
+            "candidate_projection": self.candidate_projection,
+        } if self.behaviours else {})
 
     @classmethod
     def from_config(cls, config):

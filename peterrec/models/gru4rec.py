@@ -31,6 +31,19 @@ def gru_layers(hidden_size, num_layers, first_initializer=None):
     return layers
 
 
+def encode(item_ids, embedding, dropout, grus):
+    """``E[item]`` with padding rows zeroed -> ``dropout`` -> the stacked ``grus``; returns ``(h, mask)``.
+
+    ``h`` is ``[batch, L, hidden_size]``, ``mask`` the ``[batch, L, 1]`` padding mask (GRU4Rec and NARM).
+    """
+    x = embedding(item_ids)
+    mask = padding_mask(item_ids, x.dtype)
+    x = dropout(x * mask)
+    for gru in grus:
+        x = gru(x)
+    return x, mask
+
+
 @keras.saving.register_keras_serializable(package="peterrec")
 class GRU4RecBackbone(ZooBackbone):
     """GRU4Rec encoder: item ids ``[batch, L]`` -> hidden ``[batch, L, embedding_dim]``, causal.
@@ -65,11 +78,7 @@ class GRU4RecBackbone(ZooBackbone):
 
         # === Functional model ===
         item_ids = keras.Input(shape=(None,), dtype="int32", name="item_ids")
-        x = embedding(item_ids)
-        mask = padding_mask(item_ids, x.dtype)
-        x = dropout(x * mask)
-        for gru in grus:
-            x = gru(x)
+        x, mask = encode(item_ids, embedding, dropout, grus)
         x = projection(x) * mask
         kwargs.setdefault("name", "gru4rec_backbone")
         super().__init__(inputs=item_ids, outputs=x, **kwargs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from peterrec.models.base import ZooBackbone, padding_mask, prefix_mask, xavier_normal
-from peterrec.models.gru4rec import gru_layers
+from peterrec.models.base import ZooBackbone, prefix_mask, xavier_normal
+from peterrec.models.gru4rec import encode, gru_layers
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
@@ -93,11 +93,7 @@ class NARMBackbone(ZooBackbone):
 
         # === Functional model ===
         item_ids = keras.Input(shape=(None,), dtype="int32", name="item_ids")
-        h = embedding(item_ids)
-        mask = padding_mask(item_ids, h.dtype)
-        h = input_dropout(h * mask)
-        for gru in grus:
-            h = gru(h)
+        h, mask = encode(item_ids, embedding, input_dropout, grus)
         context = ops.concatenate([attention(h, item_ids), h], axis=-1)  # [c_local, c_global]
         x = projection(context_dropout(context)) * mask
         kwargs.setdefault("name", "narm_backbone")

@@ -15,6 +15,11 @@ Evaluation rows: the most recent ``max_len`` items before the split's target
 (``dataset._eval_context``), their time buckets relative to the target's
 day, the target (``labels``) and one negative not in the user's sequence
 (``negative``, its own stateless seed) for the AUC.
+
+Multi-behaviour ATRank: with ``behaviour_fn`` (``record -> int32 [n]``,
+``item_features.Behaviours.lookup_fn``: each interaction's behaviour-type
+id) the rows also carry ``behaviours`` ``[B, T]`` aligned with the history
+(0 in padded slots; masks come from the lengths).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ TIME_BUCKETS = "time_buckets"  # int32 [B, T]
 CANDIDATES = "candidates"  # int32 [B, 2]: positive, negative
 CANDIDATE_LABELS = "candidate_labels"  # float32 [B, 2]: 1, 0
 NEGATIVE = "negative"  # int32 [B]: an evaluation row's negative
+BEHAVIOURS = "behaviours"  # int32 [B, T]: the history's behaviour-type ids (multi-behaviour)
+HISTORY_KEYS = (ITEM_IDS, TIME_BUCKETS, BEHAVIOURS)
 _EVAL_SEED_OFFSET = {"valid": 1, "test": 2}
 
 
@@ -46,8 +53,9 @@ def _user_seed(record, seed):
     return tf.stack([tf.constant(int(seed), tf.int64), tf.strings.to_hash_bucket_fast(record["user"], 2**62)])
 
 
-def _histories(items, days, ends, width):
-    """Right-padded histories ``[N, width]`` of the items before each index in ``ends``, their lengths and time buckets."""
+def _histories(items, days, ends, width, kinds=None):
+    """Right-padded histories ``[N, width]`` of the items before each index in ``ends``, their lengths and time buckets
+    (and, given per-item ``kinds``, their behaviour ids as a fourth value)."""
     ends = tf.cast(ends, tf.int32)
     start = tf.maximum(ends - width, 0)
     length = ends - start
@@ -57,34 +65,39 @@ def _histories(items, days, ends, width):
     history = tf.where(real, tf.gather(items, idx), PAD_ID)
     delta = tf.gather(days, ends)[:, None] - tf.gather(days, idx) + 1
     buckets = tf.where(real, time_bucket(delta), 0)
-    return history, length, buckets
+    if kinds is None:
+        return history, length, buckets
+    return history, length, buckets, tf.where(real, tf.gather(kinds, idx), 0)
 
 
-def user_examples(record, *, max_len, vocabulary_size, seed):
+def user_examples(record, *, max_len, vocabulary_size, seed, behaviour_fn=None):
     """All training rows of one user record (see the module docstring)."""
     items, days = record["items"], _days(record)
     n = tf.size(dataset.train_items(record))
     ends = tf.range(1, tf.maximum(n, 1))
-    history, length, buckets = _histories(items, days, ends, max_len)
+    kinds = None if behaviour_fn is None else behaviour_fn(record)
+    history, length, buckets, *behaviours = _histories(items, days, ends, max_len, kinds)
     negatives = caser_dataset.sample_negatives(items, tf.shape(ends), _user_seed(record, seed), vocabulary_size)
     positives = tf.gather(items, ends)
     count = tf.size(ends)
-    return {
+    row = {
         ITEM_IDS: history,
         LENGTHS: length,
         TIME_BUCKETS: buckets,
         CANDIDATES: tf.stack([positives, negatives], axis=1),
         CANDIDATE_LABELS: tf.tile(tf.constant([[1.0, 0.0]]), [count, 1]),
     }
+    return row | ({BEHAVIOURS: behaviours[0]} if behaviours else {})
 
 
 def trim(batch):
     """Cut a batch's history columns to its longest history (at least 1)."""
     width = tf.maximum(tf.reduce_max(batch[LENGTHS]), 1)
-    return {key: value[:, :width] if key in (ITEM_IDS, TIME_BUCKETS) else value for key, value in batch.items()}
+    return {key: value[:, :width] if key in HISTORY_KEYS else value for key, value in batch.items()}
 
 
-def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size, epoch=0, skip_steps=0, shuffle_buffer=20000, input_context=None):
+def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size, epoch=0, skip_steps=0, shuffle_buffer=20000, input_context=None,
+                  behaviour_fn=None):
     """One epoch of ``steps`` batches of ``batch_size // 2`` positions (each a positive and a negative row).
 
     Shuffled with ``seed * 1000 + epoch`` and repeated so the last batch is
@@ -93,19 +106,21 @@ def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size,
     epoch_seed = int(seed) * 1000 + int(epoch)
     ds = dataset._records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
     ds = ds.filter(lambda r: tf.size(dataset.train_items(r)) >= 2)
-    ds = ds.map(lambda r: user_examples(r, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda r: user_examples(r, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn),
+                num_parallel_calls=AUTOTUNE)
     ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return dataset.epoch_batches(ds, max(1, batch_size // 2), steps, skip_steps, input_context).map(trim)
 
 
-def eval_row(record, split, *, max_len, vocabulary_size, seed):
+def eval_row(record, split, *, max_len, vocabulary_size, seed, behaviour_fn=None):
     context, target = dataset._eval_context(record, split)
     items, days = record["items"], _days(record)
     end = tf.size(context)
-    history, length, buckets = _histories(items, days, end[None], max_len)
+    kinds = None if behaviour_fn is None else behaviour_fn(record)
+    history, length, buckets, *behaviours = _histories(items, days, end[None], max_len, kinds)
     negative = caser_dataset.sample_negatives(items, [1], _user_seed(record, int(seed) + _EVAL_SEED_OFFSET[split]), vocabulary_size)
-    return {
+    row = {
         ITEM_IDS: history[0],
         LENGTHS: length[0],
         TIME_BUCKETS: buckets[0],
@@ -113,14 +128,16 @@ def eval_row(record, split, *, max_len, vocabulary_size, seed):
         NEGATIVE: negative[0],
         "user": record["user"],
     }
+    return row | ({BEHAVIOURS: behaviours[0][0]} if behaviours else {})
 
 
-def eval_dataset(set_dir, split, *, max_len, batch_size, seed, vocabulary_size, input_context=None):
+def eval_dataset(set_dir, split, *, max_len, batch_size, seed, vocabulary_size, input_context=None, behaviour_fn=None):
     """Evaluation rows of ``split`` (see the module docstring), batched and cut to the longest history."""
     if split not in dataset.EVAL_SPLITS:
         raise ValueError(f"split must be one of {dataset.EVAL_SPLITS}, got {split!r}")
     ds = dataset._records(set_dir, input_context=input_context)
-    ds = ds.map(lambda r: eval_row(r, split, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda r: eval_row(r, split, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn),
+                num_parallel_calls=AUTOTUNE)
     ds = ds.filter(lambda row: row[LABELS] >= 0)
     ds = ds.batch(dataset.per_replica_batch_size(batch_size, input_context))
     return ds.map(trim).prefetch(AUTOTUNE)
@@ -148,7 +165,8 @@ class ATRankTask(keras.Model):
     and ``loss_count`` the number ``N`` of logits, so the loop's
     ``loss_sum / N`` is the original's loss.
 
-    Serving receives item ids only: every time bucket is 0 there.
+    Serving receives item ids only: every time bucket is 0 there (and, multi-behaviour,
+    every history item has the candidate's behaviour type).
     """
 
     def __init__(self, backbone, reg_rate=5e-5, **kwargs):
@@ -159,13 +177,13 @@ class ATRankTask(keras.Model):
         self.built = True
 
     def call(self, batch, training=None):
-        return self.backbone(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS], batch[CANDIDATES], training=training)
+        return self.backbone(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS], batch[CANDIDATES], batch.get(BEHAVIOURS), training=training)
 
     def loss_count(self, batch):
         return tf.cast(tf.size(batch[CANDIDATE_LABELS]), tf.float32)
 
     def loss_sum(self, batch, training=True, static_shapes=False):
-        encoded, mask = self.backbone.encode(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS], training=training)
+        encoded, mask = self.backbone.encode(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS], batch.get(BEHAVIOURS), training=training)
         logits, u, e = self.backbone.score_candidates(encoded, mask, batch[CANDIDATES], training=training)
         labels = tf.cast(batch[CANDIDATE_LABELS], tf.float32)
         ce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
@@ -181,12 +199,12 @@ class ATRankTask(keras.Model):
 
     def pair_scores(self, batch):
         """Logits ``[B, 2]`` of each evaluation row's target and negative (the AUC pairs)."""
-        encoded, mask = self.backbone.encode(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS])
+        encoded, mask = self.backbone.encode(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS], batch.get(BEHAVIOURS))
         return self.backbone.score_candidates(encoded, mask, pair_ids(batch))[0]
 
     def eval_scores(self, batch):
         """Logits ``[B, V]`` of every id (self-attention once per row, candidates in chunks)."""
-        encoded, mask = self.backbone.encode(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS])
+        encoded, mask = self.backbone.encode(batch[ITEM_IDS], batch[LENGTHS], batch[TIME_BUCKETS], batch.get(BEHAVIOURS))
         return self.backbone.score_all(encoded, mask)
 
     def serve_scores(self, item_ids, lengths):

@@ -33,15 +33,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import peterrec
-from peterrec import distribute, export
+from peterrec import export, runner
 from peterrec.data import dataset
 from peterrec.data import item_features as item_features_lib
 from peterrec.errors import ConfigError, DataError
 from peterrec.eval import ranking
 from peterrec.features import LABELS
-from peterrec.jobs import JobConfig, check, check_job_config, count_params, plot_history, raise_if_failed
-from peterrec.models.atrank import NUM_TIME_BUCKETS, ATRank
+from peterrec.jobs import check
+from peterrec.models.atrank import CANDIDATE_PROJECTIONS, NUM_TIME_BUCKETS, ATRank
 from peterrec.models.miir import ATTENTIONS, MIIR
 from peterrec.tasks import atrank as atrank_tasks
 from peterrec.tasks import miir as miir_tasks
@@ -49,24 +48,11 @@ from peterrec.training import PopularityScorer, Trainer, TrainConfig, TrainInput
 
 
 @dataclasses.dataclass
-class SideInfoConfig(JobConfig):
-    """Data and item-feature settings shared by ATRank and MIIR (field = flag name)."""
+class SideInfoConfig(runner.DataConfig):
+    """Data (``runner.DataConfig``'s) and item-feature settings shared by ATRank and MIIR (field = flag name)."""
 
     MODEL: ClassVar[str] = ""
 
-    data: str = "Data/synthetic/source.inter"
-    format: str = "auto"
-    tfrecord_dir: str = "tfrecords"
-    vocab_from: str | None = None
-    model_dir: str | None = None
-    num_shards: int = 8
-    split: str = "loo"
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    min_seq_len: int = 3
-    k_core: int = 0
-    dedup: bool = False
-    rating_threshold: float | None = None
     # item side information (peterrec.data.item_features)
     item_data: str = "Data/synthetic/source.item"  # comma-separated: .item files and/or Amazon meta_*.json
     item_format: str = "auto"
@@ -216,11 +202,9 @@ def run_job(cfg: SideInfoConfig, build, fields, name):
     set_dir, metadata, vocab, features = prepare(cfg, fields)
     job = build(cfg, set_dir, metadata, vocab, features)
     features = job.item_features
-    record = job.record | {"data_vocab_hash": vocab.hash, "data_set": os.path.basename(set_dir), "item_features_hash": features.hash}
+    record = job.record | runner.data_identity(set_dir, vocab) | {"item_features_hash": features.hash}
     record = json.loads(json.dumps(record))  # tuples -> lists, as job_config.json reads back
-    os.makedirs(model_dir, exist_ok=True)
-    check_job_config(model_dir, record)
-    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu, cfg.tf_config)
+    strategy = runner.open_job(cfg, model_dir, record)
     trainer = JobTrainer(job.task_factory, job.inputs, model_dir, job.train_config, strategy, metric_fn=job.metric_fn)
     result = trainer.fit()
     task = trainer.task
@@ -228,35 +212,18 @@ def run_job(cfg: SideInfoConfig, build, fields, name):
     report = job.report_fn(trainer)
     metrics = {
         **report,
-        "selected_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "global_step": result.global_step,
-        "stopped_early": result.stopped_early,
-        "stopped_on_nan": result.stopped_on_nan,
-        "train_wall_seconds": round(result.train_seconds, 2),
-        "eval_wall_seconds": round(time.perf_counter() - t0, 2),
-        "trained_positions_per_second": round(result.positions_per_second, 1),
-        "total_params": count_params(task.weights),
-        "trainable_params": count_params(task.trainable_weights),
-        "data": {
-            "set_dir": set_dir, "vocab_size": vocab.size, "vocab_hash": vocab.hash, "counts": metadata.get("counts", {}),
-            "has_timestamps": bool(metadata.get("has_timestamps")),
-        },
+        **runner.fit_metrics(result, time.perf_counter() - t0),
+        **runner.param_counts(task),
+        "data": runner.data_summary(set_dir, vocab, metadata) | {"has_timestamps": bool(metadata.get("has_timestamps"))},
         "item_features": {"fields": features.spec(), "hash": features.hash, "stats": features.stats},
-        "versions": {"peterrec": peterrec.__version__, "tensorflow": tf.__version__},
+        "versions": runner.versions(),
     }
-    if not trainer.is_chief:
-        return metrics
-    raise_if_failed(result, model_dir, metrics)
-    export_dir = export.export_model(
-        task, vocab, model_dir, max_len=job.max_len, top_k=cfg.top_k, metrics=metrics,
+    export_kwargs = dict(
+        task=task, vocab=vocab, max_len=job.max_len, top_k=cfg.top_k,
         extra_config={"job": record, "backbone_name": name, "item_features_hash": features.hash},
         extra_files={f"{item_features_lib.FILE_NAME}.json": lambda path: features.save(os.path.dirname(path))},
     )
-    metrics["export_dir"] = export_dir
-    export.write_json(os.path.join(model_dir, "metrics.json"), metrics)
-    plot_history(result.history, os.path.join(model_dir, "curves.png"), monitor=job.train_config.monitor)
-    return metrics
+    return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs, monitor=job.train_config.monitor)
 
 
 # ================================================================ ATRank
@@ -281,6 +248,13 @@ class ATRankConfig(SideInfoConfig):
     one negative per user, the original's metric, ``monitor="auc"``); at the
     end also ranking metrics over every item (``eval_protocol="full"``) or
     1 + ``num_negatives`` sampled items.
+
+    Multi-behaviour ATRank: ``behaviour_field`` names the token column of the
+    ``.inter`` ``data`` file holding each interaction's behaviour type; each
+    type gets its own history projection (with a ``behaviour_dim`` type
+    embedding), the candidates go through the projection of
+    ``candidate_behaviour`` (default: the most frequent type) unless
+    ``candidate_projection="none"`` (see ``peterrec.models.atrank``).
     """
 
     MODEL = "atrank"
@@ -306,9 +280,21 @@ class ATRankConfig(SideInfoConfig):
     eval_protocol: str = "full"
     num_negatives: int = 99
     patience: int = 10  # the original trains all its epochs (and keeps the best checkpoint)
+    behaviour_field: str | None = None
+    behaviour_dim: int = 16
+    candidate_behaviour: str | None = None
+    candidate_projection: str = "type"
 
     def validate(self):
         self.validate_data()
+        check(self.behaviour_dim >= 1, "behaviour_dim", f"must be >= 1, got {self.behaviour_dim}")
+        check(self.candidate_projection in CANDIDATE_PROJECTIONS, "candidate_projection",
+              f"{self.candidate_projection!r} is not one of {', '.join(CANDIDATE_PROJECTIONS)}")
+        check(self.behaviour_field or not self.candidate_behaviour, "candidate_behaviour", "needs --behaviour_field")
+        if self.behaviour_field:
+            columns = item_features_lib.inter_columns(self.data)
+            check(bool(columns), "behaviour_field", f"needs a RecBole .inter --data file with a behaviour column, got {self.data!r}")
+            check(self.behaviour_field in columns, "behaviour_field", f"{self.data} has no column {self.behaviour_field!r} (its columns: {', '.join(columns)})")
         check(self.batch_size >= 2 and self.batch_size % 2 == 0, "batch_size", f"must be even (each position's positive and negative row), got {self.batch_size}")
         check(self.optimizer in OPTIMIZERS, "optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         check(self.time_depth in (12, NUM_TIME_BUCKETS), "time_depth", f"must be 13 (every bucket) or 12 (the TF original), got {self.time_depth}")
@@ -355,21 +341,34 @@ def build_atrank_job(cfg, set_dir, metadata, vocab, item_features) -> SideInfoJo
     has_times = bool(metadata.get("has_timestamps"))
     if not has_times:
         print(f"{cfg.data}: no timestamps; every ATRank time bucket is 0")
+    behaviours, behaviour_fn, candidate_type = None, None, 0
+    if cfg.behaviour_field:
+        behaviours = item_features_lib.behaviours_for_set(set_dir, vocab, cfg.data, cfg.behaviour_field, rating_threshold=cfg.rating_threshold)
+        candidate_type = behaviours.type_id(cfg.candidate_behaviour) if cfg.candidate_behaviour else 0
+        behaviour_fn = behaviours.lookup_fn()
+        print(f"behaviours ({cfg.behaviour_field}): {behaviours.stats['interactions']}; candidates use the {behaviours.types[candidate_type]!r} projection"
+              + (" (candidate_projection none: unprojected)" if cfg.candidate_projection == "none" else ""))
+    else:
+        hinted = [c for c in item_features_lib.inter_columns(cfg.data) if c in item_features_lib.BEHAVIOUR_HINTS]
+        if hinted:
+            print(f"{cfg.data} has a {hinted[0]!r} column: single-behaviour ATRank ignores it (multi-behaviour: --behaviour_field {hinted[0]})")
 
     def train_fn(epoch, skip_steps, ctx):
         return tasks.train_dataset(
             set_dir, max_len=width, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch,
-            skip_steps=skip_steps, vocabulary_size=vocab.size, input_context=ctx,
+            skip_steps=skip_steps, vocabulary_size=vocab.size, input_context=ctx, behaviour_fn=behaviour_fn,
         )
 
     def eval_fn(split, ctx):
         return tasks.eval_dataset(set_dir, split, max_len=width, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                                  vocabulary_size=vocab.size, input_context=ctx)
+                                  vocabulary_size=vocab.size, input_context=ctx, behaviour_fn=behaviour_fn)
 
     def task_factory():
         network = ATRank(
             vocab.size, spec, embedding_dim=cfg.embedding_dim, field_dim=cfg.field_dim, num_heads=cfg.num_heads,
             num_layers=cfg.num_layers, dropout=cfg.dropout, time_depth=cfg.time_depth, candidate_chunk=cfg.candidate_chunk,
+            behaviours=behaviours.types if behaviours else (), behaviour_dim=cfg.behaviour_dim, candidate_behaviour=candidate_type,
+            candidate_projection=cfg.candidate_projection,
         )
         network.features.assign(item_features)
         return tasks.ATRankTask(network, reg_rate=cfg.reg_rate)
@@ -391,6 +390,8 @@ def build_atrank_job(cfg, set_dir, metadata, vocab, item_features) -> SideInfoJo
         monitor="auc", eval_protocol=cfg.eval_protocol, num_negatives=cfg.num_negatives, optimizer_factory=factory,
     )
     record = dataclasses.asdict(cfg) | {"item_fields": list(item_features.fields), "history_width": width, "lr_drop_step": drop_step}
+    if behaviours:
+        record |= {"behaviour_types": behaviours.types, "candidate_behaviour_type": behaviours.types[candidate_type]}
     inputs = TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=2 * targets)
     return SideInfoJob(task_factory, inputs, metric_fn, report_fn, train_config, width or 50, record, item_features)
 

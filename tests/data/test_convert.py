@@ -287,3 +287,101 @@ def test_targets_file_attaches_per_user_targets(tmp_path):
     bad.write_text("user_id:token\tscore:float\nu1\t3\n")
     with pytest.raises(DataError, match="label"):
         read_user_targets(str(bad))
+
+
+# ---------------------------------------------------------------- streaming (out-of-core) conversion
+def messy_inter(tmp_path, num_users=60, seed=1):
+    """Interleaved users, equal timestamps (stable order), consecutive repeats, low ratings, rare items."""
+    rng = np.random.default_rng(seed)
+    lines = [
+        f"user {rng.integers(num_users)}\titem {int(rng.zipf(1.6)) % 40}\t{rng.integers(1, 6)}\t{rng.integers(30)}\n"
+        for _ in range(num_users * 8)
+    ]
+    return write(tmp_path, "messy.inter", HEADER + "".join(lines))
+
+
+def same_set(a, b):
+    """Asserts two conversions wrote the same set: byte-identical shards, vocabularies and metadata."""
+    meta_a, meta_b = load_metadata(a), load_metadata(b)
+    assert "streaming" not in meta_a and meta_b["streaming"]["partitions"] > 1
+    meta_b.pop("streaming")
+    assert meta_a == meta_b  # counts, roles, histograms, vocab hashes and every shard's SHA-256
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+    for name in set(os.listdir(a)) - {"metadata.json"}:
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            assert fa.read() == fb.read(), name
+
+
+@pytest.fixture
+def tiny_partitions(monkeypatch):
+    """Partitions of ~200 input bytes, so a small file is spread over many of them."""
+    from peterrec.data import convert as convert_module
+
+    monkeypatch.setattr(convert_module, "STREAM_PARTITION_BYTES", 200)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"split": "random", "valid_fraction": 0.2, "test_fraction": 0.1, "seed": 5},
+        {"dedup": True, "rating_threshold": 2, "k_core": 5, "split": "random", "min_seq_len": 2, "max_skipped_share": 1.0},
+    ],
+    ids=["loo", "random", "filters+kcore"],
+)
+def test_streaming_writes_the_same_set_as_in_memory(tmp_path, tiny_partitions, options):
+    path = messy_inter(tmp_path)
+    memory = convert(path, "inter", str(tmp_path / "memory"), num_shards=3, streaming=False, **options)
+    streamed = convert(path, "inter", str(tmp_path / "streamed"), num_shards=3, streaming=True, **options)
+    same_set(str(tmp_path / "memory"), str(tmp_path / "streamed"))
+    if options.get("k_core"):
+        assert memory["counts"]["kcore_removed_users"] > 0 and streamed["counts"]["kcore_removed_interactions"] > 0
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []  # the partitions are gone
+
+
+def test_streaming_other_formats_given_vocab_and_targets(tmp_path, tiny_partitions):
+    csv = write(tmp_path, "f.csv", "".join(f"0,{i},{i + 1},{i + 2},{i % 5},,t{i % 3},t{i % 4}\n" for i in range(30)) + "0,0,7,,t3\n")
+    caser = write(tmp_path, "c.txt", "".join(f"u{(7 * i) % 13} i{i % 9} {i % 5} {i % 4}\n" for i in range(120)))
+    ratings = write(tmp_path, "r.csv", "user,item,rating,time\n" + "".join(f"u{i % 11},i{i % 7},{i % 5},{i // 3}\n" for i in range(90)))
+    source = tmp_path / "source.inter"
+    source.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u{u}\ti{(u + k) % 7}\t{k}\n" for k in range(5) for u in range(20)))
+    targets = write(tmp_path, "targets.inter", "user_id:token\titem_id:token\n" + "".join(f"u{u}\tt{u % 3}\n" for u in range(0, 24, 2)))
+    vocab_dir = str(tmp_path / "v")
+    convert(caser, "caser", vocab_dir)
+    cases = [
+        (csv, "peterrec", {"split": "random"}),
+        (caser, "caser", {"dedup": True}),
+        (caser, "caser", {"vocab": Vocabulary.load(vocab_dir), "min_seq_len": 5, "max_skipped_share": 1.0}),
+        (ratings, "ratings", {"rating_threshold": 1}),
+        (str(source), "inter", {"targets": targets, "split": "random", "seed": 3}),
+    ]
+    for index, (path, fmt, options) in enumerate(cases):
+        a, b = str(tmp_path / f"m{index}"), str(tmp_path / f"s{index}")
+        convert(path, fmt, a, num_shards=2, streaming=False, **options)
+        convert(path, fmt, b, num_shards=2, streaming=True, **options)
+        same_set(a, b)
+
+
+def test_streaming_is_chosen_by_size_and_cleans_up_on_errors(tmp_path, monkeypatch, tiny_partitions):
+    from peterrec.data import convert as convert_module
+
+    path = messy_inter(tmp_path)
+    assert "streaming" not in convert(path, "inter", str(tmp_path / "a"))  # below the threshold: in memory
+    monkeypatch.setattr(convert_module, "STREAMING_THRESHOLD_BYTES", 1000)
+    assert convert(path, "inter", str(tmp_path / "b"))["streaming"]["partitions"] > 1
+    bad = write(tmp_path, "bad.inter", open(path).read() + "u\ta\t1\tlater\n")
+    with pytest.raises(DataError, match=r"bad\.inter:482: column 'timestamp'"):
+        convert(bad, "inter", str(tmp_path / "c"))
+    with pytest.raises(DataError, match="no user has 100 or more"):  # fails after the partitions were written
+        convert(path, "inter", str(tmp_path / "c"), min_seq_len=100)
+    with pytest.raises(ConfigError, match="TFDS datasets are read through tensorflow_datasets, not streamed"):
+        convert("movielens/100k-ratings", "tfds", str(tmp_path / "c"), streaming=True)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "bad.inter", "messy.inter"]  # no partitions, no half-written set
+
+
+def test_cli_streaming_flag(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("--data", write(tmp_path, "small.inter", SMALL), "--output_dir", str(out), "--streaming")
+    assert result.returncode == 0, result.stderr
+    assert "streamed through 1 partition" in result.stdout
+    assert load_metadata(str(out))["streaming"] == {"partitions": 1}

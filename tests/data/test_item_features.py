@@ -187,3 +187,20 @@ def test_synthetic_categories_follow_the_latent_genres():
     assert raw.rows[first].get("category") == (synthetic.category_id(int(side.category[0])) if side.category[0] >= 0 else None)
     header, *rows = (DATA / synthetic.BEHAVIOUR_FILE).read_text().split("\n")[:4]
     assert header == synthetic.BEHAVIOUR_HEADER and rows[0].split("\t")[3] in synthetic.BEHAVIOURS
+
+
+def test_behaviour_column_is_read_as_the_readers_read_the_file(tmp_path):
+    """Users by first appearance, each user's lines sorted stably by time, the same rating threshold as the readers."""
+    path = write(tmp_path, "b.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\tkind:token\n"
+                 "u1\ta\t5\t20\tlike\nu2\tb\t4\t1\tclick\nu1\tb\t1\t10\tclick\nu1\tc\t4\t10\tbuy\n")
+    assert F.read_behaviour_column(path, "kind") == {"u1": (["b", "c", "a"], [10, 10, 20], ["click", "buy", "like"]), "u2": (["b"], [1], ["click"])}
+    kept = F.read_behaviour_column(path, "kind", rating_threshold=3)
+    sequences = {s.user: s.items for s in read_sequences(path, "inter", rating_threshold=3)[0]}
+    assert {u: v[0] for u, v in kept.items()} == sequences == {"u1": ["c", "a"], "u2": ["b"]}
+    with pytest.raises(ConfigError, match=r"--behaviour_field: .*b.inter has no column 'behaviour' \(its columns: user_id, item_id, rating, timestamp, kind\)"):
+        F.read_behaviour_column(path, "behaviour")
+    bad = write(tmp_path, "bad.inter", "user_id:token\titem_id:token\tkind:token\nu1\ta\tclick\nu1\tb\t\n")
+    with pytest.raises(DataError, match=r"bad.inter:3: empty 'kind'"):
+        F.read_behaviour_column(bad, "kind")
+    assert F.inter_columns(str(DATA / "source_behaviour.inter")) == ["user_id", "item_id", "timestamp", "behaviour"]
+    assert F.inter_columns(str(tmp_path / "absent.inter")) == []

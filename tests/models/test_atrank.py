@@ -286,3 +286,130 @@ def test_run_atrank_writes_the_standard_outputs(tmp_path):
     (tmp_path / "other.item").write_text("item_id:token\tcategory:token\nzz\tc1\n")
     with pytest.raises(DataError, match="none of its 1 rows names an item of --data"):
         run_atrank(ATRankConfig(**{**cfg.__dict__, "item_data": str(tmp_path / "other.item"), "model_dir": str(tmp_path / "run3")}))
+
+
+# ---------------------------------------------------------------- multi-behaviour ATRank
+def _multi(behaviours=("click",), **kwargs):
+    keras.utils.set_random_seed(3)
+    net = ATRank(V, SPEC, embedding_dim=8, field_dim=4, num_heads=2, behaviours=behaviours, behaviour_dim=3, **kwargs)
+    net.features.assign(_features())
+    return net
+
+
+def _map_single_to_multi(single, multi):
+    """The stated mapping: every weight by name, and the single history projection into behaviour_projection_0
+    with ``behaviour_dim`` zero rows (the behaviour slot) after the first H rows."""
+    H = single.hidden_size
+    multi_weights = {w.path.replace("behaviour_projection_0", "history_projection"): w for w in multi.weights}
+    copied = 0
+    for w in single.weights:
+        target = multi_weights[w.path]
+        value = w.numpy()
+        if w.path.endswith("history_projection/kernel"):
+            value = np.concatenate([value[:H], np.zeros((multi.behaviour_dim, H), np.float32), value[H:]])
+        target.assign(value)
+        copied += 1
+    assert copied == len(single.weights) and len(multi.weights) == copied + 1  # + the behaviour embedding
+
+
+def test_one_behaviour_type_gives_the_single_behaviour_outputs():
+    single, multi = _network(), _multi(candidate_projection="none")
+    ids = np.array([[0, 5, 9, 0, 0], [7, 12, 0, 0, 0]])
+    lengths, buckets = np.array([3, 2]), np.array([[1, 2, 0, 0, 0], [4, 12, 0, 0, 0]])
+    cands = np.array([[4, 8, 12], [5, 6, 29]])
+    assert not np.allclose(multi(ids, lengths, buckets, cands, np.zeros_like(ids)).numpy(), single(ids, lengths, buckets, cands).numpy())
+    _map_single_to_multi(single, multi)
+    expected = single(ids, lengths, buckets, cands).numpy()
+    np.testing.assert_allclose(multi(ids, lengths, buckets, cands, np.zeros_like(ids)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(multi(ids, lengths, buckets, cands).numpy(), expected, rtol=1e-5, atol=1e-5)  # serving: no types
+    encoded, mask = multi.encode(ids, lengths, buckets, np.zeros_like(ids))
+    np.testing.assert_allclose(multi.score_all(encoded, mask).numpy(), single.score_all(*single.encode(ids, lengths, buckets)).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_each_behaviour_type_has_its_own_projection_and_the_candidate_uses_its_types():
+    net = _multi(("click", "like", "purchase"), candidate_behaviour=2)
+    ids, buckets, kinds = np.array([[5, 9, 4]]), np.array([[1, 0, 12]]), np.array([[0, 2, 1]])
+    vectors, time = net.item_vectors(ids).numpy(), np.eye(13, dtype=np.float32)[buckets]
+    action = net.behaviour_embedding.numpy()[kinds]
+    x = np.concatenate([vectors, action, time], -1)
+    dense = lambda k, v: v @ net.behaviour_projections[k].kernel.numpy() + net.behaviour_projections[k].bias.numpy()  # noqa: E731
+    expected = np.stack([dense(int(k), x[0, j]) for j, k in enumerate(kinds[0])])[None]
+    np.testing.assert_allclose(net._project_history(vectors, time, kinds).numpy(), expected, rtol=1e-5, atol=1e-5)
+    cand = net.item_vectors(np.array([7])).numpy()
+    zeros = np.zeros((1, 3 + 13), np.float32)
+    np.testing.assert_allclose(net.candidate_vectors(np.array([7])).numpy(), dense(2, np.concatenate([cand, zeros], -1)), rtol=1e-5, atol=1e-5)
+    # padding invariance: padded slots may hold any item, bucket and behaviour type
+    lengths, cands = np.array([2]), np.array([[4, 8, 12]])
+    base = net(np.pad(ids, [[0, 0], [0, 2]]), lengths, np.pad(buckets, [[0, 0], [0, 2]]), cands, np.pad(kinds, [[0, 0], [0, 2]])).numpy()
+    noisy = net(np.array([[5, 9, 13, 21, 3]]), lengths, np.array([[1, 0, 7, 3, 9]]), cands, np.array([[0, 2, 0, 1, 2]])).numpy()
+    np.testing.assert_allclose(noisy, base, rtol=1e-5, atol=1e-5)
+    changed = net(np.pad(ids, [[0, 0], [0, 2]]), lengths, np.pad(buckets, [[0, 0], [0, 2]]), cands, np.array([[0, 1, 0, 0, 0]])).numpy()
+    assert not np.allclose(changed, base)  # a real item's type does change it
+    config = net.get_config()
+    assert ATRank.from_config(config).get_config() == config and config["behaviours"] == ["click", "like", "purchase"]
+
+
+def _behaviour_set(tmp_path, dedup=False):
+    path = tmp_path / "b.inter"
+    lines = ["user_id:token\titem_id:token\ttimestamp:float\tbehaviour:token"]
+    # u1 (out of time order in the file): a click, b like, b purchase (a consecutive repeat), c click, d like, e purchase
+    lines += [f"u1\t{it}\t{d * DAY}\t{kind}" for it, d, kind in
+              [("c", 3, "click"), ("a", 0, "click"), ("b", 1, "like"), ("b", 2, "purchase"), ("d", 90, "like"), ("e", 100, "purchase")]]
+    lines += [f"u{k}\t{it}\t{t * DAY}\tclick" for k in range(2, 6) for t, it in enumerate("fghijk"[k - 2 : k + 2])]
+    path.write_text("\n".join(lines) + "\n")
+    set_dir = str(tmp_path / ("dedup" if dedup else "set"))
+    convert.convert(str(path), "inter", set_dir, num_shards=1, dedup=dedup)
+    return str(path), set_dir, Vocabulary.load(set_dir)
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_behaviours_line_up_with_the_records(tmp_path, dedup):
+    path, set_dir, vocab = _behaviour_set(tmp_path, dedup)
+    behaviours = item_features.behaviours_for_set(set_dir, vocab, path, "behaviour")
+    assert behaviours.types == ["click", "like", "purchase"]  # by frequency
+    expected = ["click", "like"] + ([] if dedup else ["purchase"]) + ["click", "like", "purchase"]
+    assert [behaviours.types[k] for k in behaviours.of("u1")] == expected
+    assert item_features.behaviours_for_set(set_dir, vocab, path, "behaviour").values.tolist() == behaviours.values.tolist()  # cached
+    record = next(r for r in tasks.dataset._records(set_dir) if r["user"].numpy() == b"u1")
+    rows = tasks.user_examples(record, max_len=4, vocabulary_size=vocab.size, seed=3, behaviour_fn=behaviours.lookup_fn())
+    ids = {k: v for k, v in zip("abcde", vocab.encode("abcde")[0])}
+    assert rows[ITEM_IDS].numpy()[-1][:2].tolist() == [ids["a"], ids["b"]] and rows[tasks.BEHAVIOURS].numpy()[0].tolist() == [0, 0, 0, 0]
+    assert rows[tasks.BEHAVIOURS].numpy()[1].tolist() == [0, 1, 0, 0]  # a click, b like; padded slots 0
+    rows = tasks.eval_dataset(set_dir, "test", max_len=5, batch_size=8, seed=0, vocabulary_size=vocab.size, behaviour_fn=behaviours.lookup_fn())
+    batch = next(iter(rows))
+    u1 = batch["user"].numpy().tolist().index(b"u1")
+    history = [0, 1] + ([] if dedup else [2]) + [0, 1]  # the items before the target e
+    assert batch[tasks.BEHAVIOURS].numpy()[u1][: batch[LENGTHS][u1]].tolist() == history
+
+
+def test_unknown_behaviour_field_names_the_flag_and_the_columns(tmp_path):
+    path, _, _ = _behaviour_set(tmp_path)
+    with pytest.raises(ConfigError, match=r"--behaviour_field: .*b.inter has no column 'action' \(its columns: user_id, item_id, timestamp, behaviour\)"):
+        ATRankConfig(data=path, behaviour_field="action").validate()
+    with pytest.raises(ConfigError, match="--behaviour_field: needs a RecBole .inter --data"):
+        ATRankConfig(data=str(tmp_path / "x.csv"), behaviour_field="behaviour").validate()
+    with pytest.raises(ConfigError, match="--candidate_behaviour: needs --behaviour_field"):
+        ATRankConfig(data=path, candidate_behaviour="like").validate()
+    with pytest.raises(ConfigError, match=r"--candidate_behaviour: 'view' is not a behaviour type of --behaviour_field behaviour \(click, like, purchase\)"):
+        item_features.Behaviours("behaviour", ["click", "like", "purchase"], [], np.zeros(0, np.int32), np.zeros(1, np.int64), {}).type_id("view")
+
+
+def test_multi_behaviour_learns_well_above_popularity(small_world, tmp_path):
+    """Three type projections learn slower than one (measured test AUC: 1 epoch 0.754, 2 epochs 0.805; single 1 epoch 0.818;
+    popularity 0.681)."""
+    cfg = ATRankConfig(
+        data=str(small_world / "source_behaviour.inter"), item_data=str(small_world / "source.item"), tfrecord_dir=str(tmp_path / "tfr"),
+        num_shards=2, embedding_dim=16, field_dim=16, num_heads=4, max_len=20, batch_size=256, epochs=2, behaviour_field="behaviour",
+        optimizer="adam", learning_rate=1e-2, lr_drop_fraction=1.0, verbose=0, seed=1,
+    )
+    keras.utils.set_random_seed(1)
+    set_dir, metadata, vocab, feats = prepare(cfg, ["category"])
+    job = build_atrank_job(cfg, set_dir, metadata, vocab, feats)
+    assert job.record["behaviour_types"] == ["click", "like", "purchase"]
+    trainer = JobTrainer(job.task_factory, job.inputs, str(tmp_path / "run"), job.train_config, metric_fn=job.metric_fn)
+    trainer.fit()
+    assert trainer.task.backbone.behaviours == ["click", "like", "purchase"]
+    test_auc = trainer.evaluate("test")
+    pop_auc = pair_auc(tasks.PopularityPairs(vocab.counts), job.inputs.evaluate("test", None))
+    assert test_auc["users"] == 800 and test_auc["auc"] >= pop_auc["auc"] + 0.08, (test_auc, pop_auc)
