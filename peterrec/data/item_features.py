@@ -712,10 +712,7 @@ def read_behaviour_column(path, field, *, rating_threshold=None, flag="behaviour
     time_col, rating_col = index.get("timestamp"), index.get("rating")
     users = {}
     for number, text in lines:
-        where = f"{path}:{number}"
-        cells = text.split("\t")
-        if len(cells) != len(index):
-            raise DataError(f"{where}: expected {len(index)} tab-separated columns as in the header, got {len(cells)}")
+        where, cells = readers._inter_fields(path, number, text, header, header_line, len(index))
         if rating_threshold is not None and rating_col is not None:
             if readers._parse_number(cells[rating_col], "rating", where) < rating_threshold:
                 continue

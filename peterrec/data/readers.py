@@ -439,11 +439,7 @@ def read_user_targets(path: str) -> dict[str, list[str]]:
     user_col, value_col, time_col = columns[_INTER_USER], columns[value_name], columns.get(_INTER_TIMESTAMP)
     rows: dict[str, list[tuple[float, str]]] = {}
     for number, text in lines:
-        where = f"{path}:{number}"
-        _check_not_header(text, header, header_line, where)
-        fields = text.split("\t")
-        if len(fields) != len(columns):
-            raise DataError(f"{where}: expected {len(columns)} tab-separated columns as in the header, got {len(fields)}")
+        where, fields = _inter_fields(path, number, text, header, header_line, len(columns))
         when = 0.0 if time_col is None else _parse_number(fields[time_col], _INTER_TIMESTAMP, where)
         rows.setdefault(_check_token(fields[user_col], "user_id", where), []).append((when, _check_token(fields[value_col], value_name, where)))
     if not rows:
@@ -473,6 +469,16 @@ def _parse_inter_header(where: str, header: str, required: tuple = (_INTER_USER,
     return columns
 
 
+def _inter_fields(path: str, number: int, text: str, header: str, header_line: int, num_columns: int) -> tuple[str, list[str]]:
+    """``("path:line", tab-separated fields)`` of one ``.inter`` data line, checked against the header."""
+    where = f"{path}:{number}"
+    _check_not_header(text, header, header_line, where)
+    fields = text.split("\t")
+    if len(fields) != num_columns:
+        raise DataError(f"{where}: expected {num_columns} tab-separated columns as in the header, got {len(fields)}")
+    return where, fields
+
+
 def _check_not_header(text: str, header: str, header_line: int, where: str) -> None:
     """Rejects a data line that repeats the header (files concatenated with their headers)."""
     if text.lstrip(_BOM) == header:
@@ -491,11 +497,7 @@ def _read_inter(path: str, grouper: _Grouper) -> None:
     rating_col, time_col = columns.get(_INTER_RATING), columns.get(_INTER_TIMESTAMP)
     grouper.set_columns(has_timestamps=time_col is not None, has_ratings=rating_col is not None, where=f"the header {header!r}")
     for number, text in lines:
-        where = f"{path}:{number}"
-        _check_not_header(text, header, header_line, where)
-        fields = text.split("\t")
-        if len(fields) != len(columns):
-            raise DataError(f"{where}: expected {len(columns)} tab-separated columns as in the header, got {len(fields)}")
+        where, fields = _inter_fields(path, number, text, header, header_line, len(columns))
         grouper.lines_read += 1
         grouper.add(
             _check_token(fields[user_col], "user_id", where),
