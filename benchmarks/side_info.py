@@ -39,6 +39,8 @@ def main():
     parser.add_argument("--atrank_epochs", type=int, default=3)
     parser.add_argument("--atrank_batch_size", type=int, default=128)
     parser.add_argument("--atrank_max_len", type=int, default=50)
+    parser.add_argument("--atrank_adam_epochs", type=int, default=0, help="also run ATRank with Adam (run atrank_adam) for this many epochs")
+    parser.add_argument("--atrank_adam_learning_rate", type=float, default=1e-3)
     parser.add_argument("--miir_epochs", type=int, default=20)
     parser.add_argument("--mii_epochs", type=int, default=10)
     parser.add_argument("--miir_learning_rate", type=float, default=1e-3)
@@ -75,6 +77,13 @@ def main():
                                           batch_size=args.atrank_batch_size, max_len=args.atrank_max_len, **common))
         record("atrank", "ATRank", f"SGD 1.0→0.1, clip 5, batch {args.atrank_batch_size}, history ≤ {args.atrank_max_len}",
                metrics, time.perf_counter() - t0)
+    if args.atrank_adam_epochs and "atrank_adam" not in skip:
+        t0 = time.perf_counter()
+        metrics = run_atrank(ATRankConfig(model_dir=os.path.join(args.out_dir, "atrank_adam"), epochs=args.atrank_adam_epochs,
+                                          batch_size=args.atrank_batch_size, max_len=args.atrank_max_len, optimizer="adam",
+                                          learning_rate=args.atrank_adam_learning_rate, **common))
+        record("atrank_adam", "ATRank", f"Adam {args.atrank_adam_learning_rate:g}, clip 5, batch {args.atrank_batch_size}, "
+               f"history ≤ {args.atrank_max_len}", metrics, time.perf_counter() - t0)
     for discard in (0.0, 0.5):
         suffix = "" if discard == 0 else "_discard"
         settings = dict(common, discard_share=discard, learning_rate=args.miir_learning_rate)
@@ -118,7 +127,7 @@ def write(args, rows):
         f"# {args.name}: ATRank and MIIR on ml-100k (genres as the categorical field)",
         "",
         f"`python benchmarks/side_info.py --atrank_epochs {args.atrank_epochs} --miir_epochs {args.miir_epochs} "
-        f"--mii_epochs {args.mii_epochs}` on {os.cpu_count()} CPU cores (shared). Leave-one-out split; test users 943.",
+        f"--mii_epochs {args.mii_epochs}{f' --atrank_adam_epochs {args.atrank_adam_epochs}' if args.atrank_adam_epochs else ''}` on {os.cpu_count()} CPU cores (shared). Leave-one-out split; test users 943.",
         "AUC (ATRank): 1 positive vs 1 negative outside the user's sequence; sampled (MIIR): 1 target + 99 uniform items;",
         "full: rank over all 1,682 items (ties against the target).",
         "",
