@@ -50,14 +50,15 @@ METRICS_FILE = "metrics.json"
 EXPORT_DIR = "export"
 
 
-def write_atomic(path, fill, encoding=None):
-    """Write the text file ``path`` atomically: ``fill(file)`` writes a temp file in the same directory
-    (created if missing), which is then renamed into place; on any error the temp file is removed."""
+def write_atomic(path, fill, encoding=None, binary=False):
+    """Write the file ``path`` atomically: ``fill(file)`` writes a temp file in the same directory
+    (created if missing), which is then renamed into place; on any error the temp file is removed.
+    ``binary``: the file is opened in ``"wb"`` mode (``encoding`` is then ignored)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
-        with os.fdopen(fd, "w", encoding=encoding) as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding)) as f:
             fill(f)
         os.replace(tmp, path)
     except BaseException:

@@ -48,7 +48,6 @@ import json
 import logging
 import math
 import os
-import uuid
 
 import keras
 import numpy as np
@@ -559,24 +558,15 @@ class ItemFeatures:
 
 
 def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from peterrec.export import file_sha256  # (peterrec.export imports the model registry, which imports this module)
+
+    return file_sha256(path)
 
 
 def _atomic_write(path, write, binary=False):
-    absolute = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(absolute), f".{os.path.basename(absolute)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
-            write(stream)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from peterrec.export import write_atomic
+
+    write_atomic(path, write, encoding=None if binary else "utf-8", binary=binary)
 
 
 def cache_key(paths, fields, fmt, vocab: Vocabulary, max_bad_share=0.05):
