@@ -29,6 +29,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 VARIANT_OPTIONS = {
     "noid": {"parallel_identity": False, "patch_zero_init": True},  # parallel: conv(x) + f(x), f = 0 at init (fidelity f9)
     "warmup3": {"head_warmup_epochs": 3},  # fineall/scratch: 3 epochs of head only, then everything (LP-FT)
+    "sep": {"pooling": "sep", "user_norm": False},  # the original's user vector: the separator's output, no norm (fidelity f11)
+    "meannorm": {"pooling": "mean", "user_norm": True},  # mean over the source items' outputs + LayerNorm (classify default)
 }
 MODE_ORDER = ["peterrec", "fineall", "finelast", "finecls", "scratch"]
 

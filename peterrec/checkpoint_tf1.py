@@ -696,5 +696,7 @@ def export_tf1_checkpoint(checkpoint, vocab_from, backbone, model_dir, *, max_le
         top_k=top_k,
         extra_config={"tf1_import": result.report()},
         kind="tf1_import",
+        layout="left",  # the original reads fixed-length rows left-padded with its pad item
+        pad_tokens=("", TF1_PAD_TOKEN) if result.mapping.tf1.pad_id is not None else ("",),
     )
     return path, result

@@ -102,27 +102,50 @@ def latest_export(path):
     )
 
 
-class ServingModule(tf.Module):
-    """Raw item-id strings in, top-k item-id strings and scores out."""
+LAYOUTS = ("right", "left")
 
-    def __init__(self, task, vocab: Vocabulary, max_len, top_k, output_vocab: Vocabulary | None = None):
+
+class ServingModule(tf.Module):
+    """Raw item-id strings in, top-k item-id strings and scores out.
+
+    ``layout`` is how the model reads a sequence: "right" (every peterrec model: the real items
+    first, right-padded, padding masked) or "left" (an imported TF1 model, which treats the pad
+    token as an item: the real items end at the window's last position behind ``max_len`` minus
+    their count pad ids, the original's fixed-length left-padded rows). ``pad_tokens``: the input
+    strings that are padding (``""`` always; an imported TF1 model also takes its CSV's ``"0"``).
+    """
+
+    def __init__(self, task, vocab: Vocabulary, max_len, top_k, output_vocab: Vocabulary | None = None, layout="right",
+                 pad_tokens=(SERVING_PAD,)):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.task = task
+        self.layout = layout
         output_vocab = output_vocab or vocab
         # Finetuning tasks add separator tokens around the source items.
         self.max_len = int(max_len) - int(getattr(task, "context_slots", 0))
         self.top_k = int(min(top_k, output_vocab.size - NUM_RESERVED))
-        keys = [SERVING_PAD, *vocab.tokens]
-        values = [PAD_ID, *range(NUM_RESERVED, vocab.size)]
+        pads = [SERVING_PAD, *(t for t in pad_tokens if t != SERVING_PAD)]
+        keys = [*pads, *vocab.tokens]
+        values = [PAD_ID] * len(pads) + list(range(NUM_RESERVED, vocab.size))
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values, tf.int64)), default_value=OOV_ID
         )
         self.id_to_token = tf.constant(list(RESERVED_TOKENS) + list(output_vocab.tokens))
 
     def encode(self, item_ids):
-        """Strings ``[B, T]`` -> right-aligned int ids ``[B, L]`` and lengths ``[B]``."""
+        """Strings ``[B, T]`` -> int ids ``[B, L]`` and lengths ``[B]``: the most recent ``L`` real
+        items in order, padding dropped wherever the caller put it. Layout "right": real items
+        first (left-aligned, right-padded), ``lengths`` their count, ``L = min(T, max_len)``.
+        Layout "left": ``L = max_len``, real items last behind pad ids, ``lengths = max_len``
+        (the pads are items to such a model)."""
         ids = tf.cast(self.table.lookup(item_ids), tf.int32)
         is_pad = tf.cast(tf.equal(ids, PAD_ID), tf.int32)
+        if self.layout == "left":
+            ids = tf.gather(ids, tf.argsort(1 - is_pad, axis=1, stable=True), batch_dims=1)  # pads first, items in order
+            ids = tf.pad(ids, [[0, 0], [self.max_len, 0]], constant_values=PAD_ID)[:, -self.max_len:]
+            return ids, tf.fill([tf.shape(ids)[0]], self.max_len)
         ids = tf.gather(ids, tf.argsort(is_pad, axis=1, stable=True), batch_dims=1)  # real items first, in order
         lengths = tf.reduce_sum(1 - is_pad, axis=1)
         width = tf.minimum(tf.shape(ids)[1], self.max_len)
@@ -172,7 +195,7 @@ def write_version(root, fill):
 
 def export_model(
     task, vocab: Vocabulary, model_dir, *, max_len, top_k=50, extra_config=None, metrics=None, kind="pretrain", output_vocab=None,
-    extra_files=None,
+    extra_files=None, layout="right", pad_tokens=(SERVING_PAD,),
 ):
     """Write a new numbered export version under ``<model_dir>/export``; returns its path.
 
@@ -181,9 +204,10 @@ def export_model(
     signature then returns its tokens and has no ``top_k_exclude_seen``.
     ``extra_files``: ``{name: writer(path)}`` written into the version
     before it is renamed into place (e.g. item-feature tables).
+    ``layout``, ``pad_tokens``: see :class:`ServingModule` (recorded under ``serving`` in config.json).
     """
     def fill(tmp):
-        module = ServingModule(task, vocab, max_len, top_k, output_vocab)
+        module = ServingModule(task, vocab, max_len, top_k, output_vocab, layout=layout, pad_tokens=pad_tokens)
         signatures = {"serving_default": module.serve}
         if output_vocab is None:
             signatures["top_k_exclude_seen"] = module.serve_exclude_seen
@@ -207,6 +231,8 @@ def export_model(
                 "signatures": sorted(signatures),
                 "input": "item_ids: string [batch, length]; '' is padding, on either side",
                 "top_k": module.top_k,
+                "layout": layout,
+                "pad_tokens": sorted(set(pad_tokens) | {SERVING_PAD}),
             },
             **(extra_config or {}),
         }
@@ -258,7 +284,9 @@ class LoadedExport:
         self.max_len = int(self.config["max_len"])
         target_path = os.path.join(self.path, TARGET_VOCAB_FILE)
         self.target_vocab = Vocabulary.load(target_path) if os.path.exists(target_path) else None
-        self._module = ServingModule(self.task, self.vocab, self.max_len, self.config["serving"]["top_k"], self.target_vocab)
+        serving = self.config["serving"]
+        self._module = ServingModule(self.task, self.vocab, self.max_len, serving["top_k"], self.target_vocab,
+                                     layout=serving.get("layout", "right"), pad_tokens=serving.get("pad_tokens", [SERVING_PAD]))
 
     def recommend(self, sequences, top_k=10, exclude_seen=False):
         """Top-k ``(item, score)`` lists for raw item-id sequences (lists of strings)."""

@@ -26,7 +26,7 @@ from peterrec.data.vocab import Vocabulary
 from peterrec.errors import DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
 from peterrec.jobs import JobConfig, check, count_params
-from peterrec.tasks.transfer import LOSSES, SAMPLERS, TASK_TYPES, TransferTask
+from peterrec.tasks.transfer import LOSSES, POOLINGS, SAMPLERS, TASK_TYPES, TransferTask
 from peterrec.training import Trainer, TrainInputs
 
 MODES = ("peterrec", "fineall", "finelast", "finecls", "scratch")
@@ -51,6 +51,10 @@ class FinetuneConfig(JobConfig):
     patch_dim: int | None = None
     patch_zero_init: bool = False
     parallel_identity: bool = True  # the original's identity inside parallel patches (False: conv(x) + f(x))
+    # User vector. Default: the original's (output at the separator, no norm) for items; for classes the mean over the
+    # source items' outputs with a LayerNorm, which learns on small real data where the original's head does not (fidelity f11).
+    pooling: str | None = None  # "sep" | "mean"
+    user_norm: bool | None = None
     head_warmup_epochs: int = 0  # epochs in which only the task side learns before the backbone unfreezes (0 = original)
     loss: str | None = None  # default: bce with uniform negatives, bpr with the lambdafm sampler
     sampler: str = "uniform"
@@ -71,6 +75,7 @@ class FinetuneConfig(JobConfig):
         check(self.insertion in INSERTIONS, "insertion", f"{self.insertion!r} is not one of {', '.join(INSERTIONS)}")
         check(self.finetune_mode in MODES, "finetune_mode", f"{self.finetune_mode!r} is not one of {', '.join(MODES)}")
         check(self.loss is None or self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)} for finetuning")
+        check(self.pooling is None or self.pooling in POOLINGS, "pooling", f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
         check(self.sampler in SAMPLERS, "sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         check(self.eval_protocol in (None, "sampled", "full"), "eval_protocol", f"{self.eval_protocol!r} is not sampled or full")
         check(0.0 <= self.max_oov_share <= 1.0, "max_oov_share", f"must be in [0, 1], got {self.max_oov_share}")
@@ -92,6 +97,12 @@ class FinetuneConfig(JobConfig):
 
     def resolved_loss(self):
         return self.loss or ("bpr" if self.sampler == "lambdafm" else "bce")
+
+    def resolved_pooling(self):
+        return self.pooling or ("mean" if self.task == "classify" else "sep")
+
+    def resolved_user_norm(self):
+        return self.task == "classify" if self.user_norm is None else bool(self.user_norm)
 
     def resolved_protocol(self):
         return self.eval_protocol or ("full" if self.task == "classify" else "sampled")
@@ -155,6 +166,13 @@ def prepare_data(cfg, vocab):
         raise DataError(f"{where}: --task classify needs at least 2 classes, found {real_targets}")
     if real_targets < 2:
         raise DataError(f"{where}: needs at least 2 distinct targets, found {real_targets}")
+    if cfg.task == "classify":
+        untrained = [t for t, c in zip(target_vocab.tokens, target_vocab.counts[NUM_RESERVED:]) if c == 0]
+        if untrained:
+            raise DataError(
+                f"{where}: class(es) {', '.join(map(repr, untrained[:5]))} belong only to validation/test users, so no training "
+                f"user has them; give every class more users, or change --valid_fraction/--test_fraction/--seed"
+            )
     for split in ("train", "valid", "test"):
         if finetune_dataset.num_pairs(metadata, split) == 0:
             raise DataError(f"{where}: no (user, target) pairs in the {split} split; check --valid_fraction/--test_fraction")
@@ -199,8 +217,10 @@ def run(cfg: FinetuneConfig):
         "data_set": os.path.basename(set_dir),
         "max_len": max_len,
     }
-    if not cfg.head_warmup_epochs:
-        record.pop("head_warmup_epochs")  # runs from before the option still resume
+    record.update(pooling=cfg.resolved_pooling(), user_norm=cfg.resolved_user_norm())
+    for name, default in (("head_warmup_epochs", 0), ("pooling", "sep"), ("user_norm", False)):
+        if record[name] == default:
+            record.pop(name)  # runs from before the option still resume
     runner.open_model_dir(model_dir, record)
 
     def task_fn():
@@ -216,6 +236,8 @@ def run(cfg: FinetuneConfig):
             target_counts=target_vocab.counts,
             finetune_mode=cfg.finetune_mode,
             head_warmup_steps=cfg.head_warmup_epochs * steps,
+            pooling=cfg.resolved_pooling(),
+            user_norm=cfg.resolved_user_norm(),
         )
 
     causal = pre_config["backbone"]["config"].get("causal", True)
@@ -231,7 +253,9 @@ def run(cfg: FinetuneConfig):
     )
     classify = cfg.task == "classify"
     train_cfg = cfg.train_config(
-        monitor="hr@1" if classify else "mrr@5",
+        # classes: validation log-loss (continuous; accuracy ties at the majority value for many epochs)
+        monitor="log_loss" if classify else "mrr@5",
+        eval_log_loss=classify,
         eval_protocol=cfg.resolved_protocol(),
         num_negatives=cfg.num_negatives,
         ks=(1,) if classify else (5, 10),

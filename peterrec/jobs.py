@@ -134,7 +134,7 @@ def plot_history(history, path, monitor="mrr@10"):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.plot(epochs, [row["loss"] for row in history], marker="o")
     ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    keys = [f"val_{monitor}"] + [k for k in ("val_hr@10",) if k != f"val_{monitor}" and k in history[0]]
+    keys = [f"val_{monitor}"] + [k for k in ("val_hr@10", "val_hr@1") if k != f"val_{monitor}" and k in history[0]]
     for key in keys:
         ax2.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key[4:])
     ax2.set(xlabel="epoch", title="validation")

@@ -71,7 +71,8 @@ class TrainConfig:
     epochs: int = 20
     learning_rate: float = 1e-3
     patience: int = 5
-    monitor: str = "mrr@10"
+    monitor: str = "mrr@10"  # a validation metric; one ending in "loss" (e.g. "log_loss") is minimised, any other maximised
+    eval_log_loss: bool = False  # validation/test also report "log_loss" (softmax cross-entropy over the real ids, full protocol)
     jit_compile: bool = False
     mixed_precision: bool | str = False  # True: mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU; or a Keras policy name
     checkpoint_every_steps: int = 500
@@ -417,6 +418,7 @@ class Trainer:
             num_negatives=self.config.num_negatives,
             ks=self.config.ks,
             seed=self.config.seed,
+            log_loss=self.config.eval_log_loss and scorer is None,
         )
 
     # ------------------------------------------------------------------ loop
@@ -426,7 +428,7 @@ class Trainer:
             os.path.join(self.model_dir, LOG_DIR), write_graph=False, update_freq="epoch", profile_batch=0
         )
         self.early_stopping = keras.callbacks.EarlyStopping(
-            monitor=f"val_{cfg.monitor}", mode="max", patience=cfg.patience, verbose=0
+            monitor=f"val_{cfg.monitor}", mode=monitor_mode(cfg.monitor), patience=cfg.patience, verbose=0
         )
         return keras.callbacks.CallbackList(
             [keras.callbacks.TerminateOnNaN(), self.tensorboard, self.early_stopping, *self.extra_callbacks],
@@ -482,8 +484,9 @@ class Trainer:
         self.task.stop_training = False
         callbacks.on_train_begin()
         self.early_stopping.wait = int(self.wait.numpy())
+        sign = monitor_sign(cfg.monitor)  # best_value holds sign * metric, so larger is always better
         if self.best_epoch.numpy() >= 0:
-            self.early_stopping.best = float(self.best_value.numpy())
+            self.early_stopping.best = sign * float(self.best_value.numpy())
             self.early_stopping.best_epoch = int(self.best_epoch.numpy())
         train_seconds, trained_positions, graph_written = 0.0, 0.0, False
         stopped_early = bool(self.wait.numpy() >= cfg.patience > 0)
@@ -524,9 +527,9 @@ class Trainer:
             logs = {"loss": epoch_loss / max(epoch_positions, 1e-9), **{f"val_{k}": v for k, v in valid.items() if k != "users"}}
             logs["positions_per_second"] = epoch_positions / max(elapsed, 1e-9)
             logs["learning_rate"] = float(self.optimizer.learning_rate.numpy())
-            improved = valid[cfg.monitor] > float(self.best_value.numpy())
+            improved = sign * valid[cfg.monitor] > float(self.best_value.numpy())
             if improved:
-                self.best_value.assign(valid[cfg.monitor])
+                self.best_value.assign(sign * valid[cfg.monitor])
                 self.best_epoch.assign(epoch)
                 _save_checkpoint(self.best_manager, checkpoint_number=epoch)
             callbacks.on_epoch_end(epoch, logs)
@@ -636,7 +639,16 @@ class Trainer:
             return [json.loads(line) for line in f if line.strip()]
 
 
-def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negatives=99, ks=ranking.DEFAULT_KS, seed=0):
+def monitor_mode(monitor):
+    """"min" for a loss (a metric name ending in "loss"), else "max"."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def monitor_sign(monitor):
+    return -1.0 if monitor_mode(monitor) == "min" else 1.0
+
+
+def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negatives=99, ks=ranking.DEFAULT_KS, seed=0, log_loss=False):
     """Mean rank metrics of ``scorer.eval_scores`` over a finite dataset.
 
     Args:
@@ -644,11 +656,15 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
         dataset_fn: ``input_context -> tf.data.Dataset`` of evaluation rows.
         protocol: "full" (rank over every non-reserved id) or "sampled"
             (rank among the target and ``num_negatives`` uniform negatives).
+        log_loss: also report ``log_loss``, the mean softmax cross-entropy of the
+            target over the real ids (full protocol only).
     """
+    if log_loss and protocol != "full":
+        raise ValueError("log_loss needs the full protocol")
     strategy = strategy or tf.distribute.get_strategy()
-    names = ranking.metric_names(ks)
+    names = _metric_names(ks, log_loss)
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    step = _eval_step(scorer, strategy, protocol, num_negatives, tuple(ks), seed)
+    step = _eval_step(scorer, strategy, protocol, num_negatives, tuple(ks), seed, log_loss)
     total, count = np.zeros(len(names)), 0.0
     for i, batch in enumerate(dataset):
         sums, n = step(batch, tf.constant(i, tf.int32))
@@ -660,16 +676,20 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
 _EVAL_STEPS = weakref.WeakKeyDictionary()  # scorer -> {settings: tf.function}, so each epoch reuses one trace
 
 
-def _eval_step(scorer, strategy, protocol, num_negatives, ks, seed):
+def _metric_names(ks, log_loss):
+    return ranking.metric_names(ks) + (["log_loss"] if log_loss else [])
+
+
+def _eval_step(scorer, strategy, protocol, num_negatives, ks, seed, log_loss=False):
     cache = _EVAL_STEPS.setdefault(scorer, {})
-    key = (id(strategy), protocol, num_negatives, ks, seed)
+    key = (id(strategy), protocol, num_negatives, ks, seed, log_loss)
     if key not in cache:
-        cache[key] = _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed)
+        cache[key] = _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed, log_loss)
     return cache[key]
 
 
-def _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed):
-    names = ranking.metric_names(ks)
+def _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed, log_loss):
+    names = _metric_names(ks, log_loss)
 
     def metric_sums(batch, batch_index):
         scores = ranking.exclude_reserved(scorer.eval_scores(batch))
@@ -679,6 +699,8 @@ def _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed):
         else:
             ranks = ranking.target_ranks(scores, targets)
         values = ranking.rank_metrics(ranks, ks)
+        if log_loss:
+            values["log_loss"] = ranking.log_loss(scores, targets)
         return tf.stack([tf.reduce_sum(values[n]) for n in names])
 
     def replica_step(batch, batch_index):

@@ -27,6 +27,10 @@ flags.DEFINE_bool("parallel_identity", True, "Keep the original's identity insid
                   "computes conv(x) + f(x) (with --patch_zero_init: exactly the pretrained network at init).")
 flags.DEFINE_integer("head_warmup_epochs", 0, "fineall/finelast/scratch: train only the new target table for this many epochs "
                      "before the backbone unfreezes (linear probing, then finetuning; 0 = the original).", lower_bound=0)
+flags.DEFINE_enum("pooling", None, ["sep", "mean"], "User vector: the output at the separator (the original's) or the mean of "
+                  "the source items' outputs (default: sep for --task items, mean for classify).")
+flags.DEFINE_bool("user_norm", None, "LayerNorm on the user vector before the target table, trained with it (default: off for "
+                  "--task items as in the original, on for classify).")
 flags.DEFINE_bool("patch_zero_init", False, "Zero-initialise the patches' up-projection (serial = exact pretrained function at init).")
 flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task.")
 flags.DEFINE_float("rho", 0.3, "LambdaFM popularity-rank sampler parameter.", lower_bound=1e-6)

@@ -201,13 +201,23 @@ def test_bad_inputs(small_world, pretrained, tmp_path):
     one_class.write_text(lines[0] + "\n" + "\n".join(line.rsplit("\t", 1)[0] + "\tc0" for line in lines[1:]) + "\n")
     with pytest.raises(DataError, match="at least 2 classes"):
         finetuning.run(_finetune(small_world, pretrained, "one", task="classify", targets=str(one_class)))
+    held_out_only = tmp_path / "held_out_only.inter"  # 50 users with a class of their own: some are valid/test users
+    held_out_only.write_text(lines[0] + "\n" + "\n".join(
+        line.rsplit("\t", 1)[0] + (f"\tonly{i}" if i < 50 else "\t" + line.rsplit("\t", 1)[1]) for i, line in enumerate(lines[1:])) + "\n")
+    with pytest.raises(DataError, match=r"held_out_only\.inter: class\(es\) 'only\d+'.* belong only to validation/test users"):
+        finetuning.run(_finetune(small_world, pretrained, "held", task="classify", targets=str(held_out_only)))
+    for typed in ("float", "token_seq"):
+        not_token = tmp_path / f"{typed}.inter"
+        not_token.write_text(f"user_id:token\tlabel:{typed}\n" + "\n".join(lines[1:]) + "\n")
+        with pytest.raises(DataError, match=rf"{typed}\.inter:1: column 'label' is typed '{typed}'; targets must be single tokens"):
+            finetuning.run(_finetune(small_world, pretrained, typed, task="classify", targets=str(not_token)))
     foreign = tmp_path / "foreign.inter"
     foreign.write_text("user_id:token\titem_id:token\n" + "".join(f"u{u:04d}\tzz{u * 7 + k}\n" for u in range(1, 300) for k in range(3)))
     with pytest.raises(DataError, match="unknown to the pretrained vocabulary"):
         finetuning.run(_finetune(small_world, pretrained, "foreign", data=str(foreign)))
     with pytest.raises(ConfigError, match="--insertion"):
         finetuning.run(_finetune(small_world, pretrained, "bad", insertion="diagonal"))
-    for name in ("x", "one", "foreign", "bad"):
+    for name in ("x", "one", "held", "float", "token_seq", "foreign", "bad"):
         assert not os.path.exists(os.path.join(pretrained[1], name, "export"))
 
 

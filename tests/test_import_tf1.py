@@ -272,3 +272,46 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
     assert len(errors) == 1 and expected in errors[0] and "Traceback" not in done.stderr
     assert export.versions(str(tmp_path / "m" / "export")) == []
     assert not os.path.exists(tmp_path / "m")
+
+
+# --- serving on the original's padded layout ----------------------------------------------
+def _reference_top5(prefix, tf1_ids, vocab, causal):
+    """Top-5 raw ids of the original network at the last position, reserved columns excluded."""
+    _, logits = reference_forward(prefix, tf1_ids, causal=causal)
+    last = logits[:, -1].copy()
+    last[:, [0, vocab["0"]]] = -np.inf  # <UNK> and the pad item are never recommended
+    token = {i: t for t, i in vocab.items()}
+    return [[token[j] for j in np.argsort(-row, kind="stable")[:5]] for row in last]
+
+
+@pytest.mark.parametrize("backbone", ["nextitnet", "grec"])
+def test_serving_top5_equals_the_original_network_on_every_demo_line(tmp_path, demo_tf1_ids, backbone):
+    """All 30 demo lines, padded with "0" (the CSV's token) or "" (the serving pad) or not at all:
+    the export answers with the original network's top-5 for the fixed-length left-padded row."""
+    tf1_ids, vocab = demo_tf1_ids
+    path, _ = tf1.export_tf1_checkpoint(CHECKPOINTS[backbone], PRETRAIN_CSV, backbone, tmp_path / "m")
+    if backbone == "nextitnet":  # the row as it is; the next item is read at its last position
+        expected = _reference_top5(NEXTITNET, tf1_ids, vocab, causal=True)
+    else:  # GRec's end mask: the 8 most recent positions of the row, then [MASK] (TF1 id 0)
+        shifted = np.concatenate([tf1_ids[:, 1:], np.zeros((len(tf1_ids), 1), tf1_ids.dtype)], axis=1)
+        expected = _reference_top5(GREC, shifted, vocab, causal=False)
+    lines = [line.split(",") for line in open(PRETRAIN_CSV).read().splitlines()]
+    padded = [i for i, row in enumerate(lines) if "0" in row]
+    assert len(lines) == 30 and len(padded) == 8
+    loaded = export.load_export(path)
+    assert loaded.config["serving"]["layout"] == "left" and loaded.config["serving"]["pad_tokens"] == ["", "0"]
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    for rows in (
+        lines,  # the CSV's own "0" padding
+        [["" if t == "0" else t for t in row] for row in lines],  # the serving pad, same place
+        [[t for t in row if t != "0"] + [""] * row.count("0") for row in lines],  # real items first
+    ):
+        got = [[t.decode() for t in r[:5]] for r in serving(item_ids=tf.constant(rows))["top_k_ids"].numpy()]
+        assert got == expected
+        assert [[i for i, _ in r] for r in loaded.recommend(rows, top_k=5)] == expected
+    if backbone == "grec":
+        return  # its end mask reads the 8 most recent positions only
+    # the oldest item dropped: one pad more before the others, and so another answer of a pad-as-item model
+    shorter = [row[1:] for row in lines]
+    got = [[t.decode() for t in r[:5]] for r in serving(item_ids=tf.constant(shorter))["top_k_ids"].numpy()]
+    assert got != expected

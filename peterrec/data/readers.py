@@ -437,6 +437,12 @@ def read_user_targets(path: str) -> dict[str, list[str]]:
     value_name = _INTER_ITEM if _INTER_ITEM in [f.split(":", 1)[0].strip() for f in header.split("\t")] else "label"
     columns = _parse_inter_header(f"{path}:{header_line}", header, required=(_INTER_USER, value_name))
     user_col, value_col, time_col = columns[_INTER_USER], columns[value_name], columns.get(_INTER_TIMESTAMP)
+    declared = header.split("\t")[value_col].split(":", 1)
+    if len(declared) == 2 and declared[1].strip() != "token":
+        raise DataError(
+            f"{path}:{header_line}: column {declared[0].strip()!r} is typed {declared[1].strip()!r}; targets must be single tokens "
+            f"('{value_name}:token', one {value_name} per line: write a user with several on several lines)"
+        )
     rows: dict[str, list[tuple[float, str]]] = {}
     for number, text in lines:
         where, fields = _inter_fields(path, number, text, header, header_line, len(columns))

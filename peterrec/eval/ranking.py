@@ -54,6 +54,13 @@ def rank_metrics(ranks, ks=DEFAULT_KS):
     return out
 
 
+def log_loss(scores, targets):
+    """Per-example softmax cross-entropy ``[B]`` of ``targets`` over the columns of ``scores``
+    (ids set to ``NEG_INF`` by :func:`exclude_reserved` get probability 0)."""
+    scores = tf.cast(scores, tf.float32)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=scores)
+
+
 def sampled_ranks(scores, targets, num_negatives=99, seed=(0, 0), num_reserved=NUM_RESERVED):
     """Rank of the target among itself and ``num_negatives`` uniform negatives.
 

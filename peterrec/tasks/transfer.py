@@ -13,6 +13,7 @@ from peterrec.layers.dilated_block import conv_initializer
 LOSSES = ("bce", "bpr")
 SAMPLERS = ("uniform", "lambdafm")
 TASK_TYPES = ("items", "classify")
+POOLINGS = ("sep", "mean")
 
 
 def lambdafm_probabilities(counts, rho=0.3):
@@ -55,6 +56,12 @@ class TransferTask(keras.Model):
         l2: weight of the L2 penalty on the target table.
         finetune_mode: "finecls" restricts the backbone's trainable part to the
             SEP embedding row (the other modes are set on the backbone).
+        pooling: "sep" (the original: the output at the separator(s), see above) or
+            "mean" (the mean of the outputs at the source items' positions).
+        user_norm: a LayerNormalization (trained with the head) on the user vector before
+            scoring. The pooled output of a deep residual CNN has a large norm and a large
+            component shared by every user, so an unnormalised dot-product head takes steps
+            of several logits per update and a small task hardly learns; False = the original.
         head_warmup_steps: for the first this many optimizer steps the backbone's
             gradients are zeroed, so only the task side (target table) learns
             ("linear probing, then finetuning"; 0 = the original, everything from
@@ -76,11 +83,14 @@ class TransferTask(keras.Model):
         target_counts=None,
         finetune_mode="peterrec",
         head_warmup_steps=0,
+        pooling="sep",
+        user_norm=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "transfer_task")
         super().__init__(**kwargs)
-        for value, allowed, what in ((task_type, TASK_TYPES, "task_type"), (loss, LOSSES, "loss"), (sampler, SAMPLERS, "sampler")):
+        checks = ((task_type, TASK_TYPES, "task_type"), (loss, LOSSES, "loss"), (sampler, SAMPLERS, "sampler"), (pooling, POOLINGS, "pooling"))
+        for value, allowed, what in checks:
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
         self.backbone = backbone
@@ -93,9 +103,16 @@ class TransferTask(keras.Model):
         self._negative_seed = int(np.random.randint(2**31 - 1))  # seeded by keras.utils.set_random_seed; see _negatives
         self.finetune_mode = finetune_mode
         self.head_warmup_steps = int(head_warmup_steps)
+        self.pooling = pooling
+        self.user_norm = bool(user_norm)
+        width = getattr(backbone, "output_dim", backbone.embedding_dim)
+        self.user_layer_norm = None
+        if self.user_norm:
+            self.user_layer_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="user_norm")
+            self.user_layer_norm.build((None, width))
         self.target_embedding = keras.layers.Embedding(
             self.num_targets,
-            getattr(backbone, "output_dim", backbone.embedding_dim),
+            width,
             embeddings_initializer=conv_initializer(),
             embeddings_regularizer=keras.regularizers.L2(self.l2) if self.l2 else None,
             name="target_embedding",
@@ -133,9 +150,17 @@ class TransferTask(keras.Model):
         positions = tf.range(tf.shape(ids)[1])[None, :]
         ids = tf.where(positions == sep_at[:, None], self.separator_id, ids)
         hidden = self.backbone(ids, training=training)
-        user = tf.gather(hidden, sep_at, axis=1, batch_dims=1)
-        if not self.backbone.causal:
-            user = user + hidden[:, 0]
+        if self.pooling == "mean":
+            first = 0 if self.backbone.causal else 1  # the source items stand at [first, first + length)
+            at = positions - first
+            real = tf.cast((at >= 0) & (at < lengths[:, None]), hidden.dtype)[..., None]
+            user = tf.reduce_sum(hidden * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
+        else:
+            user = tf.gather(hidden, sep_at, axis=1, batch_dims=1)
+            if not self.backbone.causal:
+                user = user + hidden[:, 0]
+        if self.user_layer_norm is not None:
+            user = self.user_layer_norm(user)
         return user
 
     def call(self, item_ids, lengths=None, training=None):
@@ -229,6 +254,8 @@ class TransferTask(keras.Model):
             "l2": self.l2,
             "finetune_mode": self.finetune_mode,
             "head_warmup_steps": self.head_warmup_steps,
+            **({"pooling": self.pooling} if self.pooling != "sep" else {}),
+            **({"user_norm": True} if self.user_norm else {}),
         }
 
     @classmethod
