@@ -21,6 +21,7 @@ setup(
     extras_require={
         "tfds": ["tensorflow-datasets"],
         "tune": ["optuna>=3.2"],
+        "bench": ["scikit-learn"],  # the logistic-regression baseline of benchmarks/transfer_real.py
         "test": ["pytest", "optuna>=3.2"],
     },
 )

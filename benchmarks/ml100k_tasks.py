@@ -54,10 +54,13 @@ def load(inter_path, item_path):
 
 
 def _write(path, header, rows):
-    with open(path, "w", newline="") as f:
+    """Write atomically (a job reading the previous, identical file is never shown a partial one)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(str(x) for x in row) + "\n")
+    os.replace(tmp, path)
 
 
 def build(inter_path, item_path, out_dir, targets_per_user=5):
@@ -91,6 +94,7 @@ def build(inter_path, item_path, out_dir, targets_per_user=5):
         "source_interactions": len(source),
         "target_items": int(last_targets["item_id"].nunique()),
         "target_pairs": len(last_targets),
+        "targets_per_user": targets_per_user,
         "target_domain_share_of_ratings": float(inter["target_domain"].mean()),
         "generous_majority": float(max(np.mean(generous == "generous"), np.mean(generous == "strict"))),
         "action_share_majority": float(max(np.mean(tercile == c) for c in ("low", "mid", "high"))),

@@ -89,12 +89,15 @@ def main():
     parser.add_argument("--test_fraction", type=float, default=0.3)
     parser.add_argument("--work_dir", default="/tmp/peterrec-transfer-real")
     parser.add_argument("--name", default="transfer_real")
+    parser.add_argument("--cached_only", action="store_true", help="only collect the finished runs in --work_dir into the table")
     parser.add_argument("--skip_baselines", action="store_true", help="no logistic regression (another invocation computes it on the same splits)")
     args = parser.parse_args()
     tasks_dir = os.path.join(args.work_dir, "tasks")
     paths, stats = ml100k_tasks.build(os.path.join(args.data_dir, "ml-100k.inter"), os.path.join(args.data_dir, "ml-100k.item"), tasks_dir)
-    raw = previous_records(args.name, args.backbones.split(","))
-    baselines = {}
+    raw = previous_records(args.name)
+    baselines_path = os.path.join(args.work_dir, "baselines.json")  # per (task, seed): the same split for every backbone
+    cached = json.load(open(baselines_path)) if os.path.exists(baselines_path) else {}
+    baselines = {(v["task"], v["seed"]): {k: x for k, x in v.items() if k not in ("task", "seed")} for v in cached.values()}
     pretrained = {}
     for backbone in args.backbones.split(","):
         keras.backend.clear_session()
@@ -116,6 +119,8 @@ def main():
                         plain = finetuning.FinetuneConfig(task=kind(task))
                         if (cfg.resolved_pooling(), cfg.resolved_user_norm()) == (plain.resolved_pooling(), plain.resolved_user_norm()):
                             continue  # the task's default user vector: the row without the option is this run
+                    if args.cached_only and not os.path.exists(os.path.join(model_dir, "metrics.json")):
+                        continue
                     m, job_seconds = load_or_run(cfg, model_dir)
                     if (task, seed) not in baselines and not args.skip_baselines:
                         t0 = time.perf_counter()
@@ -123,6 +128,13 @@ def main():
                         test, c = logistic_regression(m, task, seed, context_len)
                         baselines[(task, seed)] = {"logistic_regression": test, "C": c, "lr_seconds": time.perf_counter() - t0,
                                                    "popularity": m["popularity"]["test"], "test_users": m["test"]["users"]}
+                        if os.path.exists(baselines_path):  # another invocation may have added other tasks meanwhile
+                            cached.update(json.load(open(baselines_path)))
+                        cached[f"{task}-{seed}"] = {"task": task, "seed": seed, **baselines[(task, seed)]}
+                        with open(baselines_path, "w") as f:
+                            json.dump(cached, f, indent=2)
+                    key = (backbone, mode, label(mode, insertion, option), task, seed)
+                    raw = [r for r in raw if (r["backbone"], r["mode"], r["insertion"], r["task"], r["seed"]) != key]
                     raw.append({"backbone": backbone, "mode": mode, "insertion": label(mode, insertion, option), "task": task,
                                 "seed": seed, "test": m["test"], "trainable_params": m["trainable_params"],
                                 "train_wall_seconds": m["train_wall_seconds"], "job_wall_seconds": job_seconds,
@@ -133,12 +145,13 @@ def main():
     write_results(raw, baselines, stats, pretrained, args)
 
 
-def previous_records(name, backbones):
+def previous_records(name):
+    """The runs of earlier invocations (a run of this one replaces the same row's)."""
     path = os.path.join(RESULTS, f"{name}.json")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [r for r in json.load(f)["runs"] if r["backbone"] not in backbones]
+        return json.load(f)["runs"]
 
 
 def write_results(raw, baselines, stats, pretrained, args, quiet=False):
@@ -154,14 +167,14 @@ def write_results(raw, baselines, stats, pretrained, args, quiet=False):
         f"# {args.name}: transfer on MovieLens-100K", "",
         f"Source domain: {stats['source_items']} non-action movies, {stats['source_interactions']} ratings of {stats['users']} users "
         f"(pretrained on, zero-flag settings; test HR@10 {pretrained_text}). "
-        f"Tasks from the source sequence only: `items` = the last {stats['target_pairs'] // stats['users']} or fewer of the user's "
+        f"Tasks from the source sequence only: `items` = the last {stats['targets_per_user']} or fewer of the user's "
         f"{stats['target_items']} target-domain (action/adventure/sci-fi/war/western/fantasy) movies, sampled 1 + 99; "
         f"`generous` = mean rating above the median user's (2 classes, majority {stats['generous_majority']:.3f}); "
         f"`action_share` = tercile of the user's share of target-domain ratings (3 classes, majority {stats['action_share_majority']:.3f}). "
         f"Users split {1 - args.valid_fraction - args.test_fraction:.0%} / {args.valid_fraction:.0%} / {args.test_fraction:.0%} "
         f"(train / valid / test) per seed; seeds {args.seeds}; test metrics at the validation-selected epoch, mean ± sd over seeds. "
         "Every finetuning run uses the zero-flag `pipelines.finetune` settings.", "",
-        "| backbone | mode | insertion | " + " | ".join(head) + " | trainable params | train s |",
+        "| backbone | mode | insertion | " + " | ".join(head) + " | trainable params (first task run) | train s |",
         "|---|---|---|" + "---|" * len(head) + "---|---|",
     ]
     summary = {}
@@ -177,7 +190,7 @@ def write_results(raw, baselines, stats, pretrained, args, quiet=False):
         any_run = [r for r in raw if (r["backbone"], r["mode"], r["insertion"]) == key]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells)
                      + f" | {any_run[0]['trainable_params']} | {fmt([r['train_wall_seconds'] for r in any_run], 0)} |")
-    for name, field in (("logistic regression (bag of items)", "logistic_regression"), ("popularity / majority", "popularity")):
+    for name, field in (("logistic regression (bag of items)", "logistic_regression"), ("popularity (classes: the training users' majority class)", "popularity")):
         cells = []
         for t in tasks:
             rows = [b for b in base_rows if b["task"] == t]
@@ -188,7 +201,8 @@ def write_results(raw, baselines, stats, pretrained, args, quiet=False):
                 if i == 0:
                     summary[((field,), t)] = mean_sd(values)
         lines.append(f"| {name} | — | — | " + " | ".join(cells) + " | — | — |")
-    lines += ["", "Checks (PeterRec ≥ logistic regression, and ≥ scratch + 2 sd, on the headline metric of every task):", ""]
+    lines += ["", "Checks (PeterRec ≥ logistic regression, and ≥ scratch + 2 sd, on the headline metric of every task; "
+              "`paired` = the mean ± sd over seeds of the per-seed difference, each seed being one split shared by every row):", ""]
     for key in [k for k in keys if k[1] == "peterrec"]:
         for t in tasks:
             p, lr = summary.get((key, t)), summary.get((("logistic_regression",), t))
@@ -196,11 +210,17 @@ def write_results(raw, baselines, stats, pretrained, args, quiet=False):
             if not p or p[0] is None:
                 continue
             parts = []
+            metric = TASK_METRICS[kind(t)][0][0]
+            mine = {r["seed"]: r["test"][metric] for r in raw if (r["backbone"], r["mode"], r["insertion"]) == key and r["task"] == t}
             if lr and lr[0] is not None:
-                parts.append(f"− logistic regression = {p[0] - lr[0]:+.4f} ({'ok' if p[0] >= lr[0] else 'NOT met'})")
+                lr_seed = {b["seed"]: b["logistic_regression"][metric] for b in base_rows if b["task"] == t}
+                paired = fmt([mine[s] - lr_seed[s] for s in mine if s in lr_seed])
+                parts.append(f"− logistic regression = {p[0] - lr[0]:+.4f} (paired {paired}; {'ok' if p[0] >= lr[0] else 'NOT met'})")
             if sc and sc[0] is not None:
                 margin = 2 * max(p[1], sc[1])
-                parts.append(f"− scratch = {p[0] - sc[0]:+.4f} vs 2 sd {margin:.4f} ({'ok' if p[0] - sc[0] >= margin else 'NOT met'})")
+                sc_seed = {r["seed"]: r["test"][metric] for r in raw if (r["backbone"], r["mode"], r["insertion"]) == key[:1] + ("scratch", "—") and r["task"] == t}
+                paired = fmt([mine[s] - sc_seed[s] for s in mine if s in sc_seed])
+                parts.append(f"− scratch = {p[0] - sc[0]:+.4f} vs 2 sd {margin:.4f} (paired {paired}; {'ok' if p[0] - sc[0] >= margin else 'NOT met'})")
             lines.append(f"- {key[0]} PeterRec {key[2]}, {t} {TASK_METRICS[kind(t)][0][1]}: " + "; ".join(parts))
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

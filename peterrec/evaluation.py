@@ -62,6 +62,7 @@ def evaluate_export(
         classify = loaded.task.task_type == "classify"
         protocol = protocol or job.get("eval_protocol") or ("full" if classify else "sampled")
         ks = (1,) if classify else (5, 10)
+        log_loss = classify and protocol == "full"  # as the job reports it
         counts = target_vocab.counts
     else:
         set_dir = convert.resolve_data(
@@ -70,6 +71,7 @@ def evaluate_export(
         dataset_fn = lambda ctx: dataset.eval_dataset(set_dir, split, max_len=loaded.max_len, batch_size=batch_size, input_context=ctx)  # noqa: E731
         protocol = protocol or job.get("eval_protocol", "full")
         ks = (5, 10, 20)
+        log_loss = False
         counts = Vocabulary.load(set_dir).counts
     seed = job.get("seed", 42)
     unknown, total = unknown_targets(dataset_fn)
@@ -80,7 +82,7 @@ def evaluate_export(
               "they rank last (counted as misses)")
     metrics = {
         "unknown_targets": unknown,
-        split: evaluate(loaded.task, dataset_fn, protocol=protocol, num_negatives=num_negatives, ks=ks, seed=seed),
+        split: evaluate(loaded.task, dataset_fn, protocol=protocol, num_negatives=num_negatives, ks=ks, seed=seed, log_loss=log_loss),
         "popularity": evaluate(PopularityScorer(counts), dataset_fn, protocol=protocol, num_negatives=num_negatives, ks=ks, seed=seed),
         "export_dir": loaded.path,
         "data": data,

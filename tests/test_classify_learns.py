@@ -58,5 +58,10 @@ def test_zero_flag_classification_beats_the_majority_class(taste_world):
     losses = [row["val_log_loss"] for row in history]
     assert peterrec["selected_epoch"] == 1 + int(np.argmin(losses)) > 1
     assert "log_loss" in peterrec["valid"] and peterrec["valid"]["log_loss"] < np.log(2)
+    from peterrec.evaluation import evaluate_export  # re-evaluating the export reproduces the job's test metrics
+
+    again = evaluate_export(os.path.join(taste_world[0], "peterrec"), tfrecord_dir=str(taste_world[0] / "tfr"))["test"]
+    for key in ("accuracy", "macro_f1", "log_loss"):
+        assert abs(again[key] - test[key]) < 1e-5, key
     scratch = _classify(taste_world, "scratch")
     assert scratch["test"]["accuracy"] != test["accuracy"] or scratch["test"]["log_loss"] != test["log_loss"]
