@@ -237,7 +237,7 @@ def plot(summary, keys, tasks, path):
 
     rows = list(keys) + [("logistic_regression",), ("popularity",)]
     labels = ["\n".join(x for x in k if x != "—") for k in rows]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(9, 0.9 * len(rows) * len(tasks)), 4))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(min(14, max(8, 0.7 * len(rows))), 3.2 * len(tasks)))
     for ax, t in zip(axes if len(tasks) > 1 else [axes], tasks):
         means = [(summary.get((k, t)) or (0, 0))[0] or 0 for k in rows]
         sds = [(summary.get((k, t)) or (0, 0))[1] or 0 for k in rows]
