@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from peterrec import export, tuning
+from peterrec import export, io, tuning
 from peterrec.errors import ConfigError, DataError
 from peterrec.features import NUM_RESERVED
 
@@ -478,7 +478,7 @@ def checks(summary, recbole):
 def write_results(results, results_dir, name):
     """``<name>.json``, ``<name>.md`` and ``<name>.png`` in ``results_dir`` (each written atomically)."""
     os.makedirs(results_dir, exist_ok=True)
-    export.write_json(os.path.join(results_dir, f"{name}.json"), results)
+    io.write_json(os.path.join(results_dir, f"{name}.json"), results)
     tuning.write_text(os.path.join(results_dir, f"{name}.md"), results_markdown(results))
     plot_curves(results["runs"], os.path.join(results_dir, f"{name}.png"), title=name)
 

@@ -24,3 +24,9 @@ class ConfigError(PeterRecError, ValueError):
 
 class ExportError(PeterRecError, ValueError):
     """An export directory is missing, incomplete or of the wrong kind."""
+
+
+def check(ok, flag, message):
+    """Raise ConfigError naming the setting ``--flag`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"--{flag}: {message}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from peterrec import export
+from peterrec import export, io
 from peterrec.data import convert, dataset, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError
@@ -95,7 +95,7 @@ def evaluate_export(
         metrics[split].update(macro_f1(loaded.task, dataset_fn(None)))
     root = os.path.dirname(os.path.dirname(loaded.path))
     output = output or os.path.join(root, "eval", "metrics.json")
-    export.write_json(output, metrics)
+    io.write_json(output, metrics)
     metrics["output"] = output
     return metrics
 

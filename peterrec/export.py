@@ -24,7 +24,6 @@ reader never sees a partial export and the previous version stays valid.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ import peterrec.registry  # noqa: F401  (registers the classes export configs na
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ExportError, VocabularyError
 from peterrec.eval.ranking import exclude_reserved
+from peterrec.io import file_sha256, write_atomic, write_json  # noqa: F401  (re-exported)
 from peterrec.features import NUM_RESERVED, OOV_ID, PAD_ID, RESERVED_IDS, RESERVED_TOKENS, SERVING_PAD
 
 SCHEMA_VERSION = 1
@@ -48,37 +48,6 @@ BACKBONE_WEIGHTS = "backbone.weights.h5"
 TASK_WEIGHTS = "task.weights.h5"
 METRICS_FILE = "metrics.json"
 EXPORT_DIR = "export"
-
-
-def write_atomic(path, fill, encoding=None, binary=False):
-    """Write the file ``path`` atomically: ``fill(file)`` writes a temp file in the same directory
-    (created if missing), which is then renamed into place; on any error the temp file is removed.
-    ``binary``: the file is opened in ``"wb"`` mode (``encoding`` is then ignored)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding)) as f:
-            fill(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path, payload):
-    """Write JSON atomically (temp file in the same directory, then rename)."""
-    write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
-
-
-def file_sha256(path):
-    """The sha256 hex digest of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def versions(export_root):

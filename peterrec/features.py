@@ -39,3 +39,4 @@ ITEM_IDS = "item_ids"  # int32 [batch, length], right-padded with PAD_ID
 LABELS = "labels"  # int32 [batch, length] (next item per position) or [batch] (one target)
 SAMPLE_WEIGHT = "sample_weight"  # float32, same shape as LABELS; 0 where no loss
 LENGTHS = "lengths"  # int32 [batch], number of real items in ITEM_IDS
+USER_INDEX = "user_index"  # int32 [batch], the user's row in a per-user table (Caser)

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from peterrec import export, locking
-from peterrec.errors import ConfigError
+from peterrec import io, locking
+from peterrec.errors import ConfigError, check  # noqa: F401  (check: re-exported)
 from peterrec.training import TrainConfig
 
 JOB_CONFIG = "job_config.json"
@@ -75,12 +75,6 @@ def evaluate_splits(trainer, popularity_counts):
     return valid, test, baseline, seconds
 
 
-def check(ok, flag, message):
-    """Raise ConfigError naming ``--flag`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"--{flag}: {message}")
-
-
 def check_job_config(model_dir, record):
     """Lock ``model_dir`` for this job and refuse one that holds a run with an incompatible configuration.
 
@@ -105,7 +99,7 @@ def check_job_config(model_dir, record):
                 "Use another --model_dir, or delete that directory to start over."
             )
     if chief:
-        export.write_json(path, record)
+        io.write_json(path, record)
 
 
 def raise_if_failed(result, model_dir, metrics):
@@ -113,7 +107,7 @@ def raise_if_failed(result, model_dir, metrics):
     if not result.stopped_on_nan:
         return
     path = os.path.join(model_dir, "metrics.json")
-    export.write_json(path, metrics)
+    io.write_json(path, metrics)
     raise ConfigError(f"{result.failure or f'training diverged at step {result.global_step}'}; metrics so far in {path}")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 import peterrec.registry  # noqa: F401  (registers the classes patch configs name)
-from peterrec import export
+from peterrec import export, io
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ExportError
 
@@ -47,7 +47,7 @@ def backbone_reference(export_dir):
     canonical = json.dumps(config["backbone"], sort_keys=True).encode()
     return {
         "config_sha256": hashlib.sha256(canonical).hexdigest(),
-        "weights_sha256": export.file_sha256(os.path.join(export_dir, export.BACKBONE_WEIGHTS)),
+        "weights_sha256": io.file_sha256(os.path.join(export_dir, export.BACKBONE_WEIGHTS)),
     }
 
 
@@ -83,7 +83,7 @@ def save_patch(task, model_dir, backbone_export_dir, target_vocab: Vocabulary, *
             "num_values": int(sum(a.size for a in arrays.values())),
             "metrics": {k: (metrics or {}).get(k) for k in ("test", "trainable_params", "pretrained_backbone_params")},
         }
-        export.write_json(os.path.join(tmp, PATCH_CONFIG), config)
+        io.write_json(os.path.join(tmp, PATCH_CONFIG), config)
 
     return export.write_version(os.path.join(model_dir, PATCH_DIR), fill)
 

@@ -24,7 +24,7 @@ import os
 import tensorflow as tf
 
 import peterrec
-from peterrec import distribute, export
+from peterrec import distribute, export, io
 from peterrec.jobs import JobConfig, check_job_config, count_params, evaluate_splits, plot_history, raise_if_failed
 
 
@@ -144,6 +144,6 @@ def finish(trainer, result, model_dir, metrics, *, export_kwargs, after_export=N
     metrics["export_dir"] = export.export_model(model_dir=model_dir, metrics=metrics, **export_kwargs)
     if after_export is not None:
         after_export(metrics)
-    export.write_json(os.path.join(model_dir, export.METRICS_FILE), metrics)
+    io.write_json(os.path.join(model_dir, export.METRICS_FILE), metrics)
     plot_history(result.history, os.path.join(model_dir, "curves.png"), monitor=monitor)
     return metrics

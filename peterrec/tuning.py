@@ -500,9 +500,9 @@ def results_markdown(header, records):
 
 def write_text(path, text):
     """Write a text file atomically (temp file in the same directory, then rename)."""
-    from peterrec import export
+    from peterrec import io
 
-    export.write_atomic(path, lambda f: f.write(text))
+    io.write_atomic(path, lambda f: f.write(text))
 
 
 def _jsonable(values):

@@ -45,7 +45,7 @@ import time
 import keras
 import tensorflow as tf
 
-from peterrec import export, pretraining, runner
+from peterrec import export, io, pretraining, runner
 from peterrec.augment import generate
 from peterrec.augment.embeddings import item_embedding_layer
 from peterrec.augment.task import GENERATED, CounterfactualTask
@@ -275,7 +275,7 @@ def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
     stats_path = os.path.join(model_dir, GENERATION_FILE)
     identity = {
         "sampler_export": os.path.abspath(sampler.path),
-        "sampler_weights_sha256": export.file_sha256(os.path.join(sampler.path, export.TASK_WEIGHTS)),
+        "sampler_weights_sha256": io.file_sha256(os.path.join(sampler.path, export.TASK_WEIGHTS)),
         "data_set": os.path.basename(set_dir),
         "intervention": dataclasses.asdict(cfg.intervention()),
         "sample": cfg.sample,
@@ -309,7 +309,7 @@ def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
     )
     if stats["selected"] and not stats["generated"] and cfg.verbose:
         print(f"casr stage 2: none of {stats['selected']} candidates passed --filter {cfg.resolved_filter()}", flush=True)
-    export.write_json(stats_path, {"identity": identity, "stats": stats})
+    io.write_json(stats_path, {"identity": identity, "stats": stats})
     _write_scalars(model_dir, 0, {"generated_samples": stats["generated"], "generated_share": stats["generated_share"],
                                   "flip_rate": stats["flip_rate"], "generation_seconds": stats["seconds"]})
     return stats
@@ -408,7 +408,7 @@ def run(cfg: CASRConfig):
     loaded = stage_sampler(cfg, vocab, set_dir) if cfg.sampler_dir else None  # a bad export fails before anything is written
     runner.open_model_dir(model_dir, record)
     sampler, sampler_metrics = loaded or stage_sampler(cfg, vocab, set_dir)
-    export.write_json(os.path.join(model_dir, SAMPLER_FILE), {"export": os.path.abspath(sampler.path), "model": cfg.resolved_sampler_model(),
+    io.write_json(os.path.join(model_dir, SAMPLER_FILE), {"export": os.path.abspath(sampler.path), "model": cfg.resolved_sampler_model(),
                                                               "test": sampler_metrics.get("test", {})})
     stats = stage_generate(cfg, sampler, set_dir, vocab, model_dir)
     gen_dir = os.path.join(model_dir, GENERATED_DIR)

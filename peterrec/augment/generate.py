@@ -484,7 +484,7 @@ def generate(
 
 def write_tsv(path, columns, rows):
     """A tab-separated file with a header, written atomically."""
-    from peterrec.export import write_atomic  # (peterrec.export imports the model registry)
+    from peterrec.io import write_atomic
 
     def fill(f):
         f.write("\t".join(columns) + "\n")

@@ -9,7 +9,8 @@ import numpy as np
 from keras import ops
 
 from peterrec.features import PAD_ID
-from peterrec.layers.dilated_block import DilatedResidualBlock, conv_initializer
+from peterrec.layers.dilated_block import DilatedResidualBlock
+from peterrec.layers.initializers import conv_initializer
 from peterrec.layers.position import ConcatPositionEmbedding
 
 DEFAULT_DILATIONS = (1, 4, 1, 4, 1, 4, 1, 4)

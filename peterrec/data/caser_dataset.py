@@ -50,8 +50,7 @@ import tensorflow as tf
 
 from peterrec.data import dataset
 from peterrec.errors import DataError
-from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SAMPLE_WEIGHT
-from peterrec.models.caser import USER_INDEX
+from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SAMPLE_WEIGHT, USER_INDEX
 
 AUTOTUNE = tf.data.AUTOTUNE
 # USER_INDEX, int32 [batch]: 1.. for users with training items, UNKNOWN_USER otherwise

@@ -558,13 +558,13 @@ class ItemFeatures:
 
 
 def _sha256(path):
-    from peterrec.export import file_sha256  # (peterrec.export imports the model registry, which imports this module)
+    from peterrec.io import file_sha256
 
     return file_sha256(path)
 
 
 def _atomic_write(path, write, binary=False):
-    from peterrec.export import write_atomic
+    from peterrec.io import write_atomic
 
     write_atomic(path, write, encoding=None if binary else "utf-8", binary=binary)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-
-def conv_initializer():
-    """Truncated normal, sd 0.02: the original's initialiser for convs and embeddings."""
-    return keras.initializers.TruncatedNormal(stddev=0.02)
+from peterrec.layers.initializers import conv_initializer  # noqa: F401  (re-exported)
+from peterrec.layers.model_patch import ModelPatch
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
@@ -119,8 +117,6 @@ class DilatedResidualBlock(keras.layers.Layer):
         if patch_mode is None:
             self.patch1 = self.patch2 = None
         else:
-            from peterrec.layers.model_patch import ModelPatch  # here: model_patch imports this module
-
             identity = patch_mode == "serial" or self.parallel_identity
             self.patch1 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, identity, name="patch1")
             self.patch2 = ModelPatch(self.channels, self.patch_dim, self.patch_zero_init, identity, name="patch2")

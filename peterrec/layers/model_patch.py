@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from peterrec.layers.dilated_block import conv_initializer
+from peterrec.layers.initializers import conv_initializer
 
 
 @keras.saving.register_keras_serializable(package="peterrec")

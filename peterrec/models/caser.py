@@ -46,10 +46,10 @@ from typing import Callable, NamedTuple
 import keras
 import tensorflow as tf
 
-from peterrec.features import ITEM_IDS, PAD_ID
+from peterrec.errors import check
+from peterrec.features import ITEM_IDS, PAD_ID, USER_INDEX
 from peterrec.models import base
 
-USER_INDEX = "user_index"  # the batch key of user indices (peterrec.data.caser_dataset uses the same)
 
 ACTIVATIONS = {"iden": "linear", "relu": "relu", "tanh": "tanh", "sigm": "sigmoid"}
 
@@ -279,8 +279,6 @@ class CaserConfig:
         return cls(**values)
 
     def _check(self, ok, field, message):
-        from peterrec.jobs import check  # (peterrec.jobs imports the export registry, which imports this module)
-
         check(ok, FLAG_NAMES.get(field, field), message)
 
     def validate(self, metadata=None):

@@ -8,7 +8,7 @@ from keras import ops
 
 from peterrec import losses
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
-from peterrec.layers.dilated_block import conv_initializer
+from peterrec.layers.initializers import conv_initializer
 
 LOSSES = ("full_softmax", "sampled_softmax", *losses.PAIRWISE)
 OUTPUTS = ("dense", "tied")

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, NUM_RESERVED, PAD_ID, SEP_ID
-from peterrec.layers.dilated_block import conv_initializer
+from peterrec.layers.initializers import conv_initializer
 
 LOSSES = ("bce", "bpr")
 SAMPLERS = ("uniform", "lambdafm")
