@@ -32,58 +32,17 @@ import json
 import math
 import os
 import platform
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import numpy as np
 
-from peterrec import export, io, tuning
+from peterrec import export, tuning
+from peterrec.benchmark_protocol import (  # noqa: F401  (re-exported)
+    CONFIGURATIONS, FAST, KS, ML100K, NEXTITNET_TARGET_SPEEDUP, PROTOCOL, REFERENCE, fmt, mean_sd,
+)
+from peterrec.benchmark_report import plot_curves, results_markdown, write_results  # noqa: F401  (re-exported)
 from peterrec.errors import ConfigError, DataError
-from peterrec.features import NUM_RESERVED
-
-ML100K = os.path.join("..", "shared", "data", "ml-100k", "ml-100k.inter")
-KS = (5, 10, 20)
-# RecBole 1.2.1's defaults for sequential models, as peterrec settings.
-PROTOCOL = {"split": "loo", "max_len": 50, "eval_protocol": "full", "min_seq_len": 3, "k_core": 0, "dedup": False, "rating_threshold": None}
-# RecBole 1.2.1 reference runs on a 2-core CPU (batch 256, Adam 1e-3, embedding 64; /work/shared/docs/benchmark_protocol.md).
-# train_seconds: the reference run's training time (NextItNet: 486 s measured; the others epochs x s/epoch).
-REFERENCE = {
-    "nextitnet": {"label": "NextItNet", "epochs": 7, "best_epoch": 6, "hr@10": 0.1220, "ndcg@10": 0.0552, "mrr@10": 0.0353,
-                  "seconds_per_epoch": 68.6, "samples_per_second": 1417, "peak_rss_mib": 1134, "train_seconds": 486.0},
-    "sasrec": {"label": "SASRec", "epochs": 5, "best_epoch": 5, "hr@10": 0.1294, "ndcg@10": 0.0623, "mrr@10": 0.0422,
-               "seconds_per_epoch": 101.3, "samples_per_second": 959, "peak_rss_mib": 1231},
-    "caser": {"label": "Caser (L=5)", "epochs": 20, "best_epoch": 14, "hr@10": 0.1230, "ndcg@10": 0.0581, "mrr@10": 0.0389,
-              "seconds_per_epoch": 6.0, "samples_per_second": 16283, "peak_rss_mib": 526},
-    "narm": {"label": "NARM", "epochs": 8, "best_epoch": 7, "hr@10": 0.1156, "ndcg@10": 0.0562, "mrr@10": 0.0385,
-             "seconds_per_epoch": 71.8, "samples_per_second": 1354, "peak_rss_mib": 911},
-    "stamp": {"label": "STAMP", "epochs": 20, "best_epoch": 10, "hr@10": 0.1145, "ndcg@10": 0.0542, "mrr@10": 0.0362,
-              "seconds_per_epoch": 11.0, "samples_per_second": 8841, "peak_rss_mib": 768},
-    "gru4rec": {"label": "GRU4Rec", "epochs": 8, "best_epoch": 5, "hr@10": 0.1209, "ndcg@10": 0.0571, "mrr@10": 0.0380,
-                "seconds_per_epoch": 65.8, "samples_per_second": 1476, "peak_rss_mib": 824},
-}
-for _ref in REFERENCE.values():
-    _ref.setdefault("train_seconds", round(_ref["epochs"] * _ref["seconds_per_epoch"], 1))
-# The "fast" configuration: deliberate deviations from each model's faithful default, chosen for accuracy per
-# second on ml-100k (docs/fidelity.md). NextItNet: dropout 0.2 on the input embedding and residual branches
-# (the original has none; ml-100k overfits after ~5 epochs without it), overlapping windows (stride 20: every
-# target keeps >= 30 items of context; 2.1 computed positions per trained one instead of 3.6 at stride 10, with
-# the same accuracy: test NDCG@10 0.0566 +- 0.0036 vs 0.0554 +- 0.0022 over 3 seeds), XLA.
-FAST = {
-    "nextitnet": {"dropout": 0.2, "stride": 20, "jit_compile": True},
-    # the attention/RNN models: batches of 16 windows (~800 trained positions, ~440 updates per ml-100k epoch,
-    # about RecBole's ~380 at 256 samples); with 64 windows (110 updates per epoch) they are far from converged
-    # when the noisy validation MRR@10 stops them (SASRec seed 1: valid HR@10 0.139 vs 0.126 after 9 epochs)
-    **{model: {"batch_size": 16} for model in ("sasrec", "stamp", "gru4rec", "narm")},
-    # Caser as RecBole 1.2.1 runs it (the reference row): tied output, CE over all items, one target, emb 64,
-    # dropout 0.4, nv 4, nh 8, batch 256 (the seed's untied BCE variant is --configuration default)
-    "caser": {"tied": True, "T": 1, "embedding_dim": 64, "dropout": 0.4, "nv": 4, "nh": 8, "batch_size": 256},
-}
-CONFIGURATIONS = ("fast", "default")
-NEXTITNET_TARGET_SPEEDUP = 10  # the issue: RecBole's 7-epoch test NDCG@10 in <= 1/10 of its training time
-
+from peterrec.recbole_timing import recbole_layout, time_recbole_epoch  # noqa: F401  (re-exported)
 
 # --- machine and model measurements --------------------------------------------------------------
 
@@ -154,87 +113,6 @@ def computed_per_trained(cfg, set_dir):
 # --- RecBole timing ------------------------------------------------------------------------------
 
 # Runs in a separate interpreter (torch and TensorFlow stay out of each other's process). Prints one JSON line.
-_RECBOLE_CHILD = r'''
-import json, os, resource, sys, time
-args = json.loads(sys.argv[1])
-try:
-    import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.model.sequential_recommender import NextItNet
-    from recbole.trainer import Trainer
-    from recbole.utils import init_seed
-except ImportError as err:
-    print(json.dumps({"skipped": f"cannot import recbole/torch ({err})"}))
-    sys.exit(0)
-config = Config(model="NextItNet", dataset=args["dataset"], config_dict={
-    "data_path": args["data_path"], "checkpoint_dir": args["checkpoint_dir"],
-    "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-    "MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 256, "learning_rate": 0.001, "embedding_size": 64,
-    "loss_type": "CE", "train_neg_sample_args": None, "epochs": 1,
-    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-    "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "MRR@10",
-    "device": "cpu", "use_gpu": False, "show_progress": False, "seed": args["seed"], "reproducibility": True,
-})
-init_seed(config["seed"], config["reproducibility"])
-dataset = create_dataset(config)
-train_data, valid_data, test_data = data_preparation(config, dataset)
-model = NextItNet(config, train_data.dataset).to(config["device"])
-trainer = Trainer(config, model)
-start, cpu_start = time.perf_counter(), time.process_time()
-loss = trainer._train_epoch(train_data, 0, show_progress=False)
-seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-loss = sum(loss) if isinstance(loss, tuple) else loss
-print(json.dumps({
-    "seconds_per_epoch": seconds, "cpu_seconds_per_epoch": cpu_seconds, "train_samples": len(train_data.dataset), "loss": float(loss),
-    "samples_per_second": len(train_data.dataset) / seconds, "torch": torch.__version__,
-    "torch_threads": torch.get_num_threads(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-}))
-'''
-
-
-def recbole_layout(data):
-    """``(data_path, dataset)`` for RecBole, which reads ``<data_path>/<dataset>/<dataset>.inter``."""
-    path = os.path.abspath(data)
-    dataset = os.path.splitext(os.path.basename(path))[0]
-    if os.path.basename(os.path.dirname(path)) != dataset or not path.endswith(".inter"):
-        raise ConfigError(f"--recbole: RecBole reads <dir>/<name>/<name>.inter; {data} is not laid out that way")
-    return os.path.dirname(os.path.dirname(path)), dataset
-
-
-def time_recbole_epoch(data, python=None, seed=1, timeout=7200):
-    """Wall time of one RecBole 1.2.1 NextItNet training epoch on ``data`` (batch 256, Adam 1e-3, embedding 64).
-
-    Runs in a child interpreter (``python``, default this one). Returns its
-    measurements, or ``{"skipped": reason}`` when recbole or torch do not import
-    there (``pip install --no-deps recbole==1.2.1`` plus torch CPU). A child that
-    fails otherwise raises ConfigError with its last output lines.
-    """
-    import importlib.util
-
-    python = python or sys.executable
-    if python == sys.executable and not all(importlib.util.find_spec(m) for m in ("recbole", "torch")):
-        return {"skipped": "recbole or torch is not installed (pip install --no-deps recbole==1.2.1 plus torch CPU)"}
-    data_path, dataset = recbole_layout(data)
-    with tempfile.TemporaryDirectory(prefix="recbole-") as work:  # RecBole writes log/ and saved/ into its cwd
-        args = {"data_path": data_path, "dataset": dataset, "seed": seed, "checkpoint_dir": os.path.join(work, "saved")}
-        try:
-            proc = subprocess.run([python, "-c", _RECBOLE_CHILD, json.dumps(args)], cwd=work, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as err:
-            raise ConfigError(f"--recbole: one RecBole epoch did not finish within {timeout} s") from err
-        except OSError as err:
-            raise ConfigError(f"--recbole_python {python}: cannot run ({err.strerror or err})") from err
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise ConfigError(f"--recbole: the RecBole epoch failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
-
-
-# --- running ------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass
 class BenchmarkSpec:
     """What to run: models x seeds on one data file, with per-model settings."""
@@ -393,18 +271,6 @@ def time_to_epoch(history, epoch):
 # --- summaries ----------------------------------------------------------------------------------
 
 
-def mean_sd(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def fmt(values, digits=4):
-    m, s = mean_sd(values)
-    return "—" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
 def summarize(spec, runs, gemm, recbole):
     """The results dict: runs, per-model means and the checks against RecBole's reference."""
     models = list(dict.fromkeys(r["model"] for r in runs))
@@ -473,140 +339,3 @@ def checks(summary, recbole):
                 entry["speedup_vs_measured"] = measured / max(time_taken, 1e-9)
             out.append(entry)
     return out
-
-
-def write_results(results, results_dir, name):
-    """``<name>.json``, ``<name>.md`` and ``<name>.png`` in ``results_dir`` (each written atomically)."""
-    os.makedirs(results_dir, exist_ok=True)
-    io.write_json(os.path.join(results_dir, f"{name}.json"), results)
-    tuning.write_text(os.path.join(results_dir, f"{name}.md"), results_markdown(results))
-    plot_curves(results["runs"], os.path.join(results_dir, f"{name}.png"), title=name)
-
-
-def _label(model):
-    return REFERENCE.get(model, {}).get("label", model)
-
-
-def results_markdown(results):
-    """The results page: accuracy beside RecBole's reference, all cutoffs, speed, checks."""
-    summary, runs, gemm = results["summary"], results["runs"], results["gemm_gflops"]
-    seeds = ",".join(str(s) for s in results["seeds"])
-    items = next((r["num_items"] for r in runs if r.get("num_items")), None)
-    max_len = next((r["settings"]["max_len"] for r in runs if "max_len" in r["settings"]), results["protocol"]["max_len"])
-    lines = [
-        f"# Benchmark: {results['name']} (RecBole protocol)",
-        "",
-        f"Data `{results['data']}`; leave-one-out by time, {max_len} items of context, full "
-        f"ranking over all {items - NUM_RESERVED if items else '?'} items (history not masked), the epoch with the best validation "
-        f"MRR@10 selected and its test metrics reported; mean ± sd over seeds {seeds}. Configuration: "
-        f"**{results['configuration']}** (settings below). Machine: {results['machine']['cpus']} CPUs, fp32 GEMM (numpy "
-        f"2048²) **{gemm:.1f} GFLOP/s** measured in this run. Time to selected epoch = training wall time (evaluation "
-        "excluded) up to the validation-selected epoch.",
-        "",
-        "| model | test HR@10 | test NDCG@10 | test MRR@10 | epochs (selected), per seed | time to selected epoch (s) | train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model, s in summary.items():
-        rows = [r for r in runs if r["model"] == model]
-        epochs = f"{','.join(str(r['epochs_run']) for r in rows)} ({','.join(str(r['selected_epoch']) for r in rows)})"
-        diverged = sum(bool(r["stopped_on_nan"]) for r in rows)
-        note = f", {diverged} diverged" if diverged else ""
-        lines.append(
-            f"| {_label(model)} (peterrec, {results['configuration']}{note}) | {fmt([r['test']['hr@10'] for r in rows])} "
-            f"| {fmt([r['test']['ndcg@10'] for r in rows])} | {fmt([r['test']['mrr@10'] for r in rows])} | {epochs} "
-            f"| {fmt([r['time_to_selected_seconds'] for r in rows], 1)} | {fmt([r['train_wall_seconds'] for r in rows], 1)} |"
-        )
-        ref = REFERENCE.get(model)
-        if ref:
-            lines.append(
-                f"| {ref['label']} (RecBole 1.2.1, reference) | {ref['hr@10']:.4f} | {ref['ndcg@10']:.4f} | {ref['mrr@10']:.4f} "
-                f"| {ref['epochs']} ({ref['best_epoch']}) | {ref['best_epoch'] * ref['seconds_per_epoch']:.0f} | {ref['train_seconds']:.0f} |"
-            )
-    if runs:
-        lines.append(
-            f"| popularity | {fmt([r['popularity']['hr@10'] for r in runs])} | {fmt([r['popularity']['ndcg@10'] for r in runs])} "
-            f"| {fmt([r['popularity']['mrr@10'] for r in runs])} | — | — | — |"
-        )
-    lines += ["", "All cutoffs (test, mean over seeds):", ""]
-    names = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr")]
-    lines += ["| model | " + " | ".join(n.upper() for n in names) + " |",
-              "|---|" + "---|" * len(names)]
-    for model, s in summary.items():
-        lines.append(f"| {_label(model)} | " + " | ".join(f"{s['test'][n][0]:.4f}" if n in s["test"] else "—" for n in names) + " |")
-
-    lines += [
-        "", "Speed (train FLOPs per trained position: see `peterrec.benchmarking.flop_estimate`; useful GFLOP/s = positions/s × "
-        "FLOPs per position; computed/trained = positions the network evaluates per position that carries loss, from "
-        "overlapping windows and padding):", "",
-        "| model | trained positions/s | train MFLOP / position | useful GFLOP/s | of GEMM | computed / trained positions "
-        "| eval users/s | parameters |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for model, s in summary.items():
-        rows = [r for r in runs if r["model"] == model]
-        flops, ratio = s["train_flops_per_position"], rows[0]["computed_per_trained"]
-        cells = [f"{s['trained_positions_per_second']:,.0f}", "—", "—", "—", "—"]
-        if flops is not None:
-            cells[1:4] = [f"{flops / 1e6:.3g}", f"{s['useful_gflops']:.3g}", f"{100 * s['useful_fraction_of_gemm']:.3g} %"]
-        if ratio is not None:
-            cells[4] = f"{ratio:.2f}"
-        cells += [f"{s['users_per_second_eval']:,.0f}" if s["users_per_second_eval"] else "—", f"{rows[0]['total_params'] or 0:,}"]
-        lines.append(f"| {_label(model)} | " + " | ".join(cells) + " |")
-        ref = REFERENCE.get(model)
-        if ref:
-            lines.append(f"| {ref['label']} (RecBole reference) | {ref['samples_per_second']:,} samples/s | — | — | — | — | — | — |")
-    rb = results["recbole_epoch"]
-    lines += ["", "RecBole NextItNet epoch on this machine in this run: " + (
-        f"skipped ({rb['skipped']})" if "skipped" in rb else
-        f"{rb['seconds_per_epoch']:.1f} s ({rb.get('cpu_seconds_per_epoch', float('nan')):.0f} CPU s; {rb['samples_per_second']:,.0f} "
-        f"samples/s, torch {rb['torch']}, {rb['torch_threads']} threads)"
-    ) + "."]
-    lines += ["", "Checks:", ""]
-    for c in results["checks"]:
-        status = "n/a" if c["ok"] is None else ("ok" if c["ok"] else "NOT met")
-        value = "—" if c["value"] is None else f"{c['value']:.4f}"
-        extra = ""
-        if "speedup_vs_reference" in c:
-            extra = f"; {c['speedup_vs_reference']:.1f}x less time than the reference run"
-            if "speedup_vs_measured" in c:
-                measured = c["recbole_7_epochs_measured_seconds"]
-                extra += f", {c['speedup_vs_measured']:.1f}x less than 7 RecBole epochs measured here ({measured:.0f} s)"
-        lines.append(f"- {c['check']}: {value} in {c['seconds']:.1f} s — **{status}**{extra}")
-    lines += ["", "Settings per model (on top of each config's defaults):", "", "| model | settings |", "|---|---|"]
-    for model in summary:
-        settings = next(r["settings"] for r in runs if r["model"] == model)
-        shown = {k: v for k, v in settings.items() if k not in ("verbose", "tfrecord_dir")}
-        lines.append(f"| {_label(model)} | `{json.dumps(shown, sort_keys=True)}` |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(runs, path, title=""):
-    """Validation MRR@10 against cumulative training time, one line per run (colour per model)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = {}
-    for run in runs:
-        history = [row for row in run["history"] if row.get("val_mrr@10") is not None]
-        if not history:
-            continue
-        colour = colours.setdefault(run["model"], f"C{len(colours)}")
-        x = np.cumsum([row.get("seconds") or 0.0 for row in history])
-        y = [row["val_mrr@10"] for row in history]
-        first = sum(r["model"] == run["model"] for r in runs[: runs.index(run)]) == 0
-        ax.plot(x, y, marker=".", color=colour, alpha=0.8, label=_label(run["model"]) if first else None)
-        selected = [i for i, row in enumerate(history) if row["epoch"] == run["selected_epoch"]]
-        if selected:
-            ax.plot([x[selected[0]]], [y[selected[0]]], marker="o", markersize=8, fillstyle="none", color=colour)
-    ax.set(xlabel="cumulative training wall time (s)", ylabel="validation MRR@10", title=f"{title}: validation MRR@10 vs training time")
-    if colours:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from peterrec import export, io
+from peterrec import export, io, recipes
 from peterrec.data import convert, dataset, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError
@@ -51,6 +51,9 @@ def evaluate_export(
     )
     # The job's filters, so the default call re-creates exactly the job's split.
     options.update({k: job[k] for k in ("k_core", "dedup", "rating_threshold") if k in job})
+    conversion = dict(loaded.config.get("conversion", {}))  # jobs whose record does not hold them (Caser) export them here
+    job = {**job, **{k: conversion.pop(k) for k in ("split", "min_seq_len") if k in conversion}}
+    options.update({k: v for k, v in conversion.items() if k != "max_skipped_share"})
     if finetuned:
         target_vocab = loaded.target_vocab
         targets = targets or job.get("targets") or _default_targets(job)
@@ -68,7 +71,11 @@ def evaluate_export(
         set_dir = convert.resolve_data(
             data, fmt, tfrecord_dir, vocab=loaded.vocab, split=job.get("split", "loo"), min_seq_len=job.get("min_seq_len", 3), **options
         )
-        dataset_fn = lambda ctx: dataset.eval_dataset(set_dir, split, max_len=loaded.max_len, batch_size=batch_size, input_context=ctx)  # noqa: E731
+        recipe = recipes.all_recipes().get(loaded.config.get("backbone_name"))
+        if recipe is not None and recipe.eval_rows is not None:
+            dataset_fn = recipe.eval_rows(loaded, set_dir, split, batch_size)
+        else:
+            dataset_fn = lambda ctx: dataset.eval_dataset(set_dir, split, max_len=loaded.max_len, batch_size=batch_size, input_context=ctx)  # noqa: E731
         protocol = protocol or job.get("eval_protocol", "full")
         ks = (5, 10, 20)
         log_loss = False

@@ -12,7 +12,9 @@ expects) holds:
   ``max_len`` items are used. ``top_k_exclude_seen`` does the same but never
   returns an item of the input. Reserved ids are never returned.
 * ``config.json``: schema version, peterrec / TF / Keras versions, the task
-  and backbone configs, the vocabulary hash, reserved ids, max_len, top_k.
+  and backbone configs, the vocabulary hash, reserved ids, max_len, top_k;
+  for a training job also ``backbone_name`` (its recipe, ``peterrec.recipes``)
+  and ``layout`` (the batch layout it trained on, a key of ``recipes.LAYOUTS``).
 * ``vocab.json``: the item vocabulary (peterrec.data.vocab format).
 * ``backbone.weights.h5`` and ``task.weights.h5``: Keras weights to rebuild
   (and patch) the backbone and the whole task in Keras from this directory.
@@ -33,7 +35,6 @@ import keras
 import tensorflow as tf
 
 import peterrec
-import peterrec.registry  # noqa: F401  (registers the classes export configs name)
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ExportError, VocabularyError
 from peterrec.eval.ranking import exclude_reserved
@@ -232,6 +233,18 @@ def read_config(export_dir):
     return config
 
 
+def deserialize_task(config):
+    """The Keras task an export or patch config names, rebuilt from its config (weights not loaded).
+
+    Every recipe module is imported first (:func:`peterrec.recipes.all_recipes`), which registers every
+    serialisable peterrec class with Keras, those of a recipe added later included.
+    """
+    from peterrec import recipes
+
+    recipes.all_recipes()
+    return keras.saving.deserialize_keras_object(config)
+
+
 class LoadedExport:
     """An export rebuilt in Keras: ``task``, ``backbone``, ``vocab``, ``config``.
 
@@ -247,7 +260,7 @@ class LoadedExport:
             raise VocabularyError(
                 f"{self.path}: vocab.json has hash {self.vocab.hash[:12]}, config.json expects {self.config['vocab_hash'][:12]}"
             )
-        self.task = keras.saving.deserialize_keras_object(self.config["task"])
+        self.task = deserialize_task(self.config["task"])
         self.task.load_weights(os.path.join(self.path, TASK_WEIGHTS))
         self.backbone = self.task.backbone
         self.max_len = int(self.config["max_len"])

@@ -291,7 +291,7 @@ def run(cfg: FinetuneConfig):
         metrics["patch_dir"] = patches.save_patch(task, model_dir, export_dir, target_vocab, max_len=max_len, metrics=metrics)
 
     export_kwargs = dict(task=task, vocab=vocab, max_len=max_len, top_k=cfg.top_k, kind="finetune", output_vocab=target_vocab,
-                         extra_config={"job": record, "backbone_name": backbone_name})
+                         extra_config={"job": record, "backbone_name": backbone_name, "layout": "target_pairs"})
     return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs, after_export=save_patch,
                          monitor=train_cfg.monitor)
 

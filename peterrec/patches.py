@@ -30,7 +30,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import peterrec.registry  # noqa: F401  (registers the classes patch configs name)
 from peterrec import export, io
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ExportError
@@ -136,7 +135,7 @@ def load_patch(backbone_export, patch_path):
             f"{patch_dir} was trained on another backbone (weights sha256 {config['backbone']['weights_sha256'][:12]}), "
             f"not on {export_dir} ({reference['weights_sha256'][:12]})"
         )
-    task = keras.saving.deserialize_keras_object(config["task"])
+    task = export.deserialize_task(config["task"])
     task.backbone.load_pretrained(os.path.join(export_dir, export.BACKBONE_WEIGHTS))
     arrays = dict(np.load(os.path.join(patch_dir, PATCH_FILE)))
     by_path = {w.path: w for w in task.weights}

@@ -35,30 +35,42 @@ import os
 
 import keras
 
-from peterrec import losses, runner
-from peterrec.backbones.nextitnet import DEFAULT_DILATIONS, NextItNetBackbone
+from peterrec import losses, recipes, runner
+from peterrec.backbones.nextitnet import DEFAULT_DILATIONS
 from peterrec.data import dataset, tfrecord
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
-from peterrec.tasks.masked_item import MaskedItemTask
-from peterrec.models.caser import CaserConfig
-from peterrec.models.gru4rec import GRU4RecBackbone
-from peterrec.models.narm import NARMBackbone
-from peterrec.models.sasrec import SASRecBackbone
-from peterrec.models.stamp import STAMPBackbone
-from peterrec.tasks.next_item import LOSSES, OUTPUTS, NextItemTask
+from peterrec.tasks.next_item import LOSSES, OUTPUTS
 from peterrec.jobs import check, count_params
 from peterrec.training import Trainer, TrainInputs
 
-ZOO_MODELS = {"sasrec": SASRecBackbone, "narm": NARMBackbone, "stamp": STAMPBackbone, "gru4rec": GRU4RecBackbone}
-BACKBONES = ("nextitnet", "grec", *ZOO_MODELS)
-# Fields only the GRec encoder uses: left out of other backbones' job_config.json (so their old runs still resume).
+# Fields only the cloze layout (the GRec encoder) uses: left out of other backbones' job_config.json
+# (so their old runs still resume).
 GREC_FIELDS = ("mask_prob", "max_predictions", "positional_embedding")
+CLOZE_FIELDS = GREC_FIELDS[:2]
 # Fields only the NextItNet CNN (nextitnet, grec) uses: left out of the zoo models' job_config.json.
 CNN_FIELDS = ("dilations", "kernel_size", "dropout", "pad_as_item")
 # Zoo model settings (None = the model's default): job_config.json keeps those the model's constructor takes.
 ZOO_FIELDS = ("num_layers", "num_heads", "hidden_size", "inner_size", "embedding_dropout", "hidden_dropout", "attn_dropout", "pre_ln")
 MIN_MAX_LEN = 2  # every backbone needs one input and one label per window
+
+
+def sequence_models():
+    """The recipes trained by :func:`run` (the shared sequence config): name -> Recipe, in listing order."""
+    return {name: recipe for name, recipe in recipes.all_recipes().items() if recipe.config_class is PretrainConfig}
+
+
+def zoo_models():
+    """name -> backbone class of the zoo recipes (their settings are the shared zoo fields their constructor takes)."""
+    return {name: recipe.backbone for name, recipe in sequence_models().items() if recipe.family == "zoo"}
+
+
+def __getattr__(name):  # the former tables, now read from the recipe registry
+    if name == "BACKBONES":
+        return tuple(sequence_models())
+    if name == "ZOO_MODELS":
+        return zoo_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass
@@ -98,8 +110,20 @@ class PretrainConfig(runner.DataConfig):
     eval_protocol: str = "full"
 
     @property
+    def recipe(self):
+        """The backbone's recipe (ConfigError naming --backbone when it is not a sequence model)."""
+        recipe = recipes.get(self.backbone, "--backbone")
+        check(recipe.config_class is PretrainConfig, "backbone",
+              f"{self.backbone!r} is not one of {', '.join(sequence_models())} (train it with python -m pipelines.{recipe.pipeline} --model {self.backbone})")
+        return recipe
+
+    @property
     def is_zoo(self):
-        return self.backbone in ZOO_MODELS
+        return self.recipe.family == "zoo"
+
+    @property
+    def is_cloze(self):
+        return self.recipe.layout == "cloze"
 
     def resolved_model_dir(self):
         return self.model_dir or os.path.join("checkpoints", f"{'train' if self.is_zoo else 'pretrain'}-{self.backbone}")
@@ -111,7 +135,7 @@ class PretrainConfig(runner.DataConfig):
         """The zoo model's constructor settings: the given values, else the model's defaults ({} for nextitnet/grec)."""
         if not self.is_zoo:
             return {}
-        params = inspect.signature(ZOO_MODELS[self.backbone].__init__).parameters
+        params = inspect.signature(self.recipe.backbone.__init__).parameters
         return {
             name: params[name].default if getattr(self, name) is None else getattr(self, name)
             for name in ZOO_FIELDS
@@ -120,7 +144,7 @@ class PretrainConfig(runner.DataConfig):
 
     def validate(self):
         self.validate_common()
-        check(self.backbone in BACKBONES, "backbone", f"{self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        self.recipe  # noqa: B018  (a known sequence model, else ConfigError)
         check(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
         check(self.output_layer in (None, *OUTPUTS), "output_layer", f"{self.output_layer!r} is not one of {', '.join(OUTPUTS)}")
         check(self.max_len >= MIN_MAX_LEN, "max_len", f"must be >= {MIN_MAX_LEN} for {self.backbone}, got {self.max_len}")
@@ -129,11 +153,11 @@ class PretrainConfig(runner.DataConfig):
         check(len(self.dilations) >= 1 and min(self.dilations) >= 1, "dilations", f"need positive ints, got {self.dilations}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.eval_protocol in ("full", "sampled"), "eval_protocol", f"{self.eval_protocol!r} is not full or sampled")
-        if self.backbone == "grec":
+        if self.is_cloze:
             check(0.0 < self.mask_prob <= 1.0, "mask_prob", f"must be in (0, 1], got {self.mask_prob}")
             check(self.max_predictions >= 1, "max_predictions", f"must be >= 1, got {self.max_predictions}")
-            check(not self.pad_as_item, "pad_as_item", "is not supported with --backbone grec (cloze chunks are right-padded)")
-        else:
+            check(not self.pad_as_item, "pad_as_item", f"is not supported with --backbone {self.backbone} (cloze chunks are right-padded)")
+        if self.backbone != "grec":
             check(not self.positional_embedding, "positional_embedding", "is a GRec option (NextItNet has no positional embedding)")
         check(
             not (self.resolved_output() == "tied" and self.positional_embedding),
@@ -144,7 +168,7 @@ class PretrainConfig(runner.DataConfig):
             self._validate_zoo()
         else:
             for name in ZOO_FIELDS:
-                check(getattr(self, name) is None, name, f"is a setting of the zoo models ({', '.join(ZOO_MODELS)}), not of {self.backbone}")
+                check(getattr(self, name) is None, name, f"is a setting of the zoo models ({', '.join(zoo_models())}), not of {self.backbone}")
         losses.check_jit_compatible(self.loss, self.jit_compile)
 
     def _validate_zoo(self):
@@ -190,7 +214,7 @@ def prepare_data(cfg):
 def build_inputs(set_dir, metadata, cfg):
     """``TrainInputs``: next-item windows (``max_len`` items every ``stride``), or for the GRec encoder masked
     chunks (scored with the end mask); the same evaluation rows for both."""
-    if cfg.backbone == "grec":
+    if cfg.is_cloze:
         steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
         targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
         train_dataset, train_settings = dataset.cloze_train_dataset, dict(
@@ -214,26 +238,18 @@ def build_inputs(set_dir, metadata, cfg):
 
 
 def build_backbone(cfg, vocabulary_size):
-    """The backbone ``cfg`` describes (zoo models with their resolved settings)."""
-    if cfg.is_zoo:
-        extra = {"max_positions": cfg.max_len} if cfg.backbone == "sasrec" else {}  # SASRec's position table = max_len rows
-        return ZOO_MODELS[cfg.backbone](vocabulary_size=vocabulary_size, embedding_dim=cfg.embedding_dim, **cfg.model_settings(), **extra)
-    grec = cfg.backbone == "grec"
-    return NextItNetBackbone(
-        vocabulary_size=vocabulary_size,
-        embedding_dim=cfg.embedding_dim,
-        dilations=list(cfg.dilations),
-        kernel_size=cfg.kernel_size,
-        causal=not grec,
-        dropout=cfg.dropout,
-        mask_padding=not cfg.pad_as_item,
-        max_positions=cfg.max_len + 1 if cfg.positional_embedding else 0,
-    )
+    """The backbone ``cfg`` describes: its recipe's ``build_backbone`` (zoo models with their resolved settings)."""
+    return cfg.recipe.build_backbone(cfg, vocabulary_size)
+
+
+def build_zoo_backbone(cfg, vocabulary_size, **extra):
+    """A zoo recipe's backbone: its class with ``embedding_dim``, the resolved zoo settings and ``extra``."""
+    return cfg.recipe.backbone(vocabulary_size=vocabulary_size, embedding_dim=cfg.embedding_dim, **cfg.model_settings(), **extra)
 
 
 def build_task(cfg, vocab):
     backbone = build_backbone(cfg, vocab.size)
-    task_class = MaskedItemTask if cfg.backbone == "grec" else NextItemTask
+    task_class = cfg.recipe.task_class
     return task_class(
         backbone, loss=cfg.loss, item_counts=vocab.counts, sampled_fraction=cfg.sampled_fraction, output=cfg.resolved_output()
     )
@@ -243,7 +259,9 @@ def job_record(cfg):
     """``cfg`` as job_config.json stores it: the fields the backbone uses (zoo settings resolved)."""
     record = dataclasses.asdict(cfg)
     record["dilations"] = list(cfg.dilations)
-    dropped = list(ZOO_FIELDS) + ["output_layer"] + ([] if cfg.backbone == "grec" else list(GREC_FIELDS))
+    dropped = list(ZOO_FIELDS) + ["output_layer"] + [
+        name for name in GREC_FIELDS if not (cfg.backbone == "grec" or (cfg.is_cloze and name in CLOZE_FIELDS))
+    ]
     if cfg.is_zoo:
         dropped += CNN_FIELDS
     for key in dropped:
@@ -277,89 +295,5 @@ def run(cfg: PretrainConfig):
         "versions": runner.versions(),
     }
     export_kwargs = dict(task=task, vocab=vocab, max_len=cfg.max_len, top_k=cfg.top_k,
-                         extra_config={"job": record, "backbone_name": cfg.backbone})
-    return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs)
-
-
-_CASER = CaserConfig()  # the seed's defaults
-# Caser's own defaults of the shared settings (caser_pytorch's L, d, drop_rate and batch size).
-CASER_DEFAULTS = {"max_len": _CASER.L, "embedding_dim": _CASER.d, "dropout": _CASER.drop_rate, "batch_size": _CASER.batch_size}
-
-
-@dataclasses.dataclass
-class CaserTrainConfig(runner.DataConfig):
-    """``--model caser`` for tune/benchmark: the shared data/training settings plus Caser's knobs (flag names).
-
-    ``max_len`` is Caser's ``L``, ``embedding_dim`` its ``d``, ``dropout`` its
-    ``drop_rate``, ``caser_l2`` its ``l2``; defaults are Caser's own (as
-    ``pipelines.train --model caser`` gives them), the rest are the shared
-    training defaults. :meth:`caser` is the :class:`~peterrec.models.caser.CaserConfig`.
-    """
-
-    max_len: int = CASER_DEFAULTS["max_len"]
-    embedding_dim: int = CASER_DEFAULTS["embedding_dim"]
-    dropout: float = CASER_DEFAULTS["dropout"]
-    batch_size: int = CASER_DEFAULTS["batch_size"]
-    T: int = _CASER.T
-    nv: int = _CASER.nv
-    nh: int = _CASER.nh
-    ac_conv: str = _CASER.ac_conv
-    ac_fc: str = _CASER.ac_fc
-    neg_samples: int = _CASER.neg_samples
-    caser_l2: float = _CASER.l2
-    tied: bool = _CASER.tied
-
-    def caser(self):
-        return CaserConfig(
-            L=self.max_len, T=self.T, d=self.embedding_dim, nv=self.nv, nh=self.nh, ac_conv=self.ac_conv, ac_fc=self.ac_fc,
-            drop_rate=self.dropout, neg_samples=self.neg_samples, l2=self.caser_l2, tied=self.tied, batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size, learning_rate=self.learning_rate, epochs=self.epochs, seed=self.seed,
-        )
-
-    def resolved_model_dir(self):
-        return self.model_dir or os.path.join("checkpoints", "train-caser")
-
-    def validate(self):
-        self.validate_common()
-        self.caser().validate()
-
-
-def run_caser_job(cfg: CaserTrainConfig):
-    """:func:`run_caser` from one :class:`CaserTrainConfig` (what tune/benchmark call for ``caser``)."""
-    return run_caser(dataclasses.replace(cfg, model_dir=cfg.resolved_model_dir()), cfg.caser())
-
-
-def run_caser(cfg: PretrainConfig, caser):
-    """``pipelines.train --model caser``: Caser through the same data path, loop, evaluation and export.
-
-    ``cfg`` carries the shared data/training settings (its ``backbone`` field is
-    ignored); ``caser`` is a :class:`peterrec.models.caser.CaserConfig` with the
-    seed's knobs (``L`` = the window length, ``--max_len``). Writes the same
-    outputs as :func:`run` plus Caser's own metric set (Prec/Recall@1,5,10, MAP)
-    under ``metrics["caser_metrics"]``.
-    """
-    from peterrec.models.caser import build_caser_job
-
-    cfg.validate_common()
-    keras.utils.set_random_seed(cfg.seed)
-    model_dir = cfg.model_dir or os.path.join("checkpoints", "train-caser")
-    set_dir, metadata, vocab = prepare_data(cfg)
-    job = build_caser_job(caser, set_dir, metadata, vocab)  # validates the knobs against the data
-    record = {"model": "caser", "caser": dataclasses.asdict(caser), "data": cfg.data, "split": cfg.split,
-              **runner.data_identity(set_dir, vocab)}
-    strategy = runner.open_job(cfg, model_dir, record)
-    train_cfg = cfg.train_config(epochs=caser.epochs, learning_rate=caser.learning_rate, seed=caser.seed)
-    trainer = Trainer(job.task_factory, job.inputs, model_dir, train_cfg, strategy)
-    result, evaluation, eval_seconds = runner.fit_and_evaluate(trainer, vocab.counts)
-    task = trainer.task
-    metrics = {
-        **evaluation,
-        "caser_metrics": {split: job.caser_metrics(task, split) for split in ("valid", "test")},
-        **runner.fit_metrics(result, eval_seconds),
-        **runner.param_counts(task),
-        "data": runner.data_summary(set_dir, vocab, metadata),
-        "versions": runner.versions(),
-    }
-    export_kwargs = dict(task=task, vocab=vocab, max_len=caser.L, top_k=cfg.top_k,
-                         extra_config={"job": record, "backbone_name": "caser"})
+                         extra_config={"job": record, "backbone_name": cfg.backbone, "layout": cfg.recipe.layout})
     return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs)

@@ -34,262 +34,39 @@ trials are not rerun and an interrupted trial resumes from its checkpoints.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import json
-import math
 import os
-import re
 import time
-from typing import Callable
 
+from peterrec import recipes
 from peterrec.errors import ConfigError
+from peterrec.search_space import DISTRIBUTIONS, N_NUMBERS, ParamSpec, describe_specs, parse_line, parse_params_file  # noqa: F401
+from peterrec.settings import RECBOLE_NAMES, _literal, coerce, resolve_field  # noqa: F401  (re-exported)
 
-DISTRIBUTIONS = ("choice", "loguniform", "quniform", "uniform")
-N_NUMBERS = {"uniform": 2, "loguniform": 2, "quniform": 3}
 OBJECTIVE = "mrr@10"  # validation metric maximised (the Trainer's model selection metric)
-# RecBole configuration names -> peterrec field names (used only when the name is not a field itself)
-RECBOLE_NAMES = {
-    "embedding_size": "embedding_dim",
-    "train_batch_size": "batch_size",
-    "dropout_prob": "dropout",
-    "MAX_ITEM_LIST_LENGTH": "max_len",
-    "stopping_step": "patience",
-}
 TRIALS_FILE = "trials.json"
 RESULTS_FILE = "results.md"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-# --- models: name -> config class + run function ---------------------------------------------
+# --- models: the recipe registry (peterrec.recipes) ------------------------------------------
 
-
-@dataclasses.dataclass
-class ModelJob:
-    """How to train one model: ``run(config_class(**fixed, **overrides)) -> metrics``."""
-
-    name: str
-    config_class: type
-    run: Callable
-    fixed: dict = dataclasses.field(default_factory=dict)
-    clear_session: bool = True  # start each run with a fresh Keras session (Keras models)
-    # fields whose defaults are the model's own (e.g. Caser's max_len 5): an unset shared flag and the
-    # benchmark protocol leave them alone
-    own_defaults: tuple = ()
-
-    def config(self, overrides, where="overrides"):
-        """The job's config with ``overrides`` (field -> value, coerced to the field's type)."""
-        values = {}
-        for name, value in overrides.items():
-            field = resolve_field(self.config_class, name, where, self.name)
-            values[field] = coerce(self.config_class, field, value, where)
-        return self.config_class(**(values | self.fixed))
-
-
-_MODEL_JOBS: dict[str, ModelJob] = {}
+ModelJob = recipes.Recipe  # how to train one model: ``run(config_class(**overrides, **fixed)) -> metrics``
+_MODEL_JOBS = recipes._REGISTRY
 
 
 def register_model(name, config_class, run, fixed=None, clear_session=True, own_defaults=()):
-    """Make ``name`` available to tune/benchmark (models that are not a pretraining backbone).
+    """Make ``name`` available to tune/benchmark: registers a :class:`peterrec.recipes.Recipe`.
 
     ``run(config_class(**settings, **fixed))`` trains one run into ``config.model_dir`` and returns
     its metrics (``valid``/``test`` dicts with ``mrr@10``, ``hr@10``, ``ndcg@10``, ...).
     ``own_defaults``: fields whose config defaults an unset flag or the benchmark protocol keeps.
     """
-    _MODEL_JOBS[name] = ModelJob(name, config_class, run, dict(fixed or {}), clear_session, tuple(own_defaults))
+    recipes.register(recipes.Recipe(name, config_class, run, dict(fixed or {}), clear_session, tuple(own_defaults)))
 
 
-def _builtin_jobs():
-    """The pretraining backbones and Caser (``pretraining.run_caser_job``), by name."""
-    from peterrec import pretraining
-
-    jobs = {name: ModelJob(name, pretraining.PretrainConfig, pretraining.run, {"backbone": name}) for name in pretraining.BACKBONES}
-    jobs["caser"] = ModelJob("caser", pretraining.CaserTrainConfig, pretraining.run_caser_job,
-                             own_defaults=tuple(pretraining.CASER_DEFAULTS))
-    return jobs
-
-
-def model_job(name, flag="--model") -> ModelJob:
-    """The job for ``--model name``: a registered model, any ``PretrainConfig.backbone``, or ``caser``."""
-    if name in _MODEL_JOBS:
-        return _MODEL_JOBS[name]
-    builtin = _builtin_jobs()
-    if name in builtin:
-        return builtin[name]
-    known = sorted(set(builtin) | set(_MODEL_JOBS))
-    raise ConfigError(f"{flag}: {name!r} is not one of {', '.join(known)}")
-
-
-def resolve_field(config_class, name, where, model="the model"):
-    """``name`` (or its RecBole alias) as a field of ``config_class``; ConfigError naming ``where`` otherwise."""
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    if name in fields:
-        return name
-    if RECBOLE_NAMES.get(name) in fields:
-        return RECBOLE_NAMES[name]
-    raise ConfigError(f"{where}: {name!r} is not a setting of {model} ({config_class.__name__} has no field {name!r})")
-
-
-def coerce(config_class, field, value, where):
-    """``value`` converted to the type of ``config_class.field``'s default (int, float, bool, tuple)."""
-    default = next(f for f in dataclasses.fields(config_class) if f.name == field).default
-    if default is dataclasses.MISSING or default is None:
-        return value
-    if isinstance(value, str) and not isinstance(default, str):
-        value = _literal(value)
-    bad = ConfigError(f"{where}: {field} expects a {type(default).__name__}, got {value!r}")
-    if isinstance(default, bool):
-        if value not in (True, False, 0, 1):
-            raise bad
-        return bool(value)
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad
-        return int(round(value))
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if isinstance(default, (tuple, list)):
-        if not isinstance(value, (tuple, list)):
-            raise bad
-        return type(default)(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise bad
-    return value
-
-
-def _literal(text):
-    """A string that is a Python literal as that literal (RecBole parses such config strings), else itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a plain string: the type check that follows names the field
-
-
-# --- the params file ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ParamSpec:
-    """One line of a params file: ``name distribution arguments`` (see the module docstring)."""
-
-    name: str
-    distribution: str
-    args: tuple  # (low, high) / (low, high, q) / the choices
-    source: str = "<params>"
-    line: int = 0
-
-    @property
-    def where(self):
-        return f"{self.source}:{self.line}"
-
-    def _choices(self):
-        """Optuna's categorical choices (its storable types; other values by their repr) -> value."""
-        return {v if v is None or isinstance(v, (bool, int, float, str)) else repr(v): v for v in self.args}
-
-    def optuna_distribution(self):
-        """The Optuna distribution this spec samples from (what :meth:`suggest` asks the trial for)."""
-        from optuna import distributions
-
-        if self.distribution == "choice":
-            return distributions.CategoricalDistribution(list(self._choices()))
-        if self.distribution == "loguniform":
-            return distributions.FloatDistribution(math.exp(self.args[0]), math.exp(self.args[1]), log=True)
-        if self.distribution == "uniform":
-            return distributions.FloatDistribution(*self.args)
-        low, high, q = self.args
-        return distributions.IntDistribution(round(low / q), round(high / q))
-
-    def suggest(self, trial):
-        """Draw this parameter from an Optuna trial; returns the value (not Optuna's internal one)."""
-        dist = self.optuna_distribution()
-        if self.distribution == "choice":
-            raw = trial.suggest_categorical(self.name, dist.choices)
-        elif self.distribution == "quniform":
-            raw = trial.suggest_int(self.name, dist.low, dist.high)
-        else:
-            raw = trial.suggest_float(self.name, dist.low, dist.high, log=dist.log)
-        return self.value(raw)
-
-    def value(self, raw):
-        """The parameter value for Optuna's internal value ``raw``."""
-        if self.distribution == "choice":
-            return self._choices()[raw]
-        if self.distribution == "quniform":
-            q = self.args[2]
-            return int(raw) * int(q) if float(q).is_integer() else round(raw * q, 12)
-        return raw
-
-    def as_dict(self):
-        return {"name": self.name, "distribution": self.distribution, "args": list(self.args)}
-
-
-def parse_params_file(path) -> list[ParamSpec]:
-    """Parse a hyper.test file; ConfigError naming ``file:line`` and the bad token on malformed input."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as err:
-        raise ConfigError(f"--params_file {path}: cannot read ({err.strerror or err})") from err
-    specs, seen = [], {}
-    for number, raw in enumerate(lines, 1):
-        text = raw.strip()
-        if not text or text.startswith("#"):
-            continue
-        spec = parse_line(text, path, number)
-        if spec.name in seen:
-            raise ConfigError(f"{path}:{number}: {spec.name!r} is already defined on line {seen[spec.name]}")
-        seen[spec.name] = number
-        specs.append(spec)
-    if not specs:
-        raise ConfigError(f"{path}: no parameters (each line: name distribution arguments)")
-    return specs
-
-
-def parse_line(text, path="<params>", number=0) -> ParamSpec:
-    """One ``name distribution arguments`` line as a :class:`ParamSpec`."""
-    where = f"{path}:{number}"
-    parts = text.split(None, 2)
-    if len(parts) < 3:
-        raise ConfigError(f"{where}: expected 'name distribution arguments', got {text!r}")
-    name, dist, rest = parts
-    if not _NAME.match(name):
-        raise ConfigError(f"{where}: {name!r} is not a parameter name")
-    if dist not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: unknown distribution {dist!r} (expected one of {', '.join(DISTRIBUTIONS)})")
-    if dist == "choice":
-        try:
-            values = ast.literal_eval(rest)
-        except (ValueError, SyntaxError) as err:
-            raise ConfigError(f"{where}: choice values {rest!r} are not a Python literal list ({err.__class__.__name__})") from err
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ConfigError(f"{where}: choice needs a non-empty list such as [32,64], got {rest!r}")
-        spec = ParamSpec(name, dist, tuple(values), str(path), number)
-        if len(spec._choices()) != len(values):
-            raise ConfigError(f"{where}: choice values {rest!r} repeat a value")
-        return spec
-    tokens = [t.strip() for t in rest.replace(" ", "").split(",")]
-    expected = N_NUMBERS[dist]
-    if len(tokens) != expected:
-        shape = "low,high" if expected == 2 else "low,high,q"
-        raise ConfigError(f"{where}: {dist} takes {expected} comma-separated numbers ({shape}), got {rest!r}")
-    numbers = []
-    for token in tokens:
-        try:
-            number_value = float(token)
-        except ValueError:
-            raise ConfigError(f"{where}: {token!r} is not a number ({dist} {rest})") from None
-        if not math.isfinite(number_value):
-            raise ConfigError(f"{where}: {token!r} is not a finite number ({dist} {rest})")
-        numbers.append(number_value)
-    if numbers[0] > numbers[1]:
-        raise ConfigError(f"{where}: low {tokens[0]} is greater than high {tokens[1]} ({dist} {rest})")
-    if dist == "quniform" and numbers[2] <= 0:
-        raise ConfigError(f"{where}: q {tokens[2]} must be > 0 (quniform {rest})")
-    if dist == "loguniform" and numbers[1] > 700:
-        raise ConfigError(f"{where}: loguniform bounds are exponents (e^a..e^b); {tokens[1]} is far too large")
-    return ParamSpec(name, dist, tuple(numbers), str(path), number)
+def model_job(name, flag="--model") -> recipes.Recipe:
+    """The recipe for ``--model name`` (any registered model)."""
+    return recipes.get(name, flag)
 
 
 def check_specs(specs, job: ModelJob):
@@ -526,20 +303,3 @@ def _format_spec(spec):
     if spec["distribution"] == "choice":
         return f"{spec['name']} choice {json.dumps(args)}"
     return f"{spec['name']} {spec['distribution']} {','.join(f'{a:g}' for a in args)}"
-
-
-def describe_specs(specs):
-    """One line per spec with the concrete range Optuna samples (e.g. loguniform's e^a..e^b)."""
-    out = []
-    for s in specs:
-        d = s.optuna_distribution()
-        if s.distribution == "loguniform":
-            out.append(f"{s.name}: loguniform {s.args[0]:g},{s.args[1]:g} -> log-uniform in [{d.low:.3g}, {d.high:.3g}]")
-        elif s.distribution == "quniform":
-            out.append(f"{s.name}: quniform -> {{{s.value(d.low)}, ..., {s.value(d.high)}}} step {s.args[2]:g}")
-        elif s.distribution == "uniform":
-            out.append(f"{s.name}: uniform in [{d.low:g}, {d.high:g}]")
-        else:
-            out.append(f"{s.name}: one of {list(s.args)}")
-    return out
-

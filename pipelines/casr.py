@@ -53,9 +53,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from peterrec.augment import casr
+    from peterrec import recipes
 
-    metrics = common.train_from_flags(casr.CASRConfig, casr.run)
+    recipe = recipes.get("casr")
+    cfg = common.config_from_flags(recipe)
+    metrics = recipe.run(cfg)
+    common.print_summary(cfg.resolved_model_dir(), metrics)
     generation, ad = metrics["casr"]["generation"], metrics["casr"]["ad"]
     flip_rate = ad["flip_rate"] if ad else generation["flip_rate"]
     print(f"casr: {generation['generated']} generated samples ({generation['generated_share']:.1%} of the training prefixes), "

@@ -8,9 +8,7 @@ patches, and learns the embedded default's target-domain items
 (Data/synthetic/profile.inter). Baselines: --finetune_mode {fineall,finelast,finecls,scratch}.
 """
 
-import dataclasses
 import json
-import os
 
 from absl import flags
 
@@ -40,25 +38,18 @@ FLAGS = flags.FLAGS
 
 
 def config_from_flags():
-    from peterrec.finetuning import FinetuneConfig
+    """The PeterRec recipe's FinetuneConfig from the flags (unset --epochs / --max_len keep finetuning's own defaults)."""
+    from peterrec import recipes
 
-    names = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name in FLAGS and f.name not in ("max_len", "epochs", "data")]
-    kwargs = common.common_kwargs(names)
-    kwargs.update(
-        tf_config=os.environ.get("TF_CONFIG"),
-        data=FLAGS.data,
-        epochs=FLAGS.epochs if FLAGS["epochs"].present else 20,
-        max_len=FLAGS.max_len if FLAGS["max_len"].present else None,
-    )
-    return FinetuneConfig(**kwargs)
+    return common.config_from_flags(recipes.get("peterrec"))
 
 
 def main(argv):
     del argv
-    from peterrec import finetuning
+    from peterrec import recipes
 
     cfg = config_from_flags()
-    metrics = finetuning.run(cfg)
+    metrics = recipes.get("peterrec").run(cfg)
     keys = ("hr@1", "accuracy", "macro_f1") if cfg.task == "classify" else ("hr@5", "mrr@5", "ndcg@5")
     print(json.dumps({
         "export_dir": metrics.get("export_dir"),  # None on a non-chief multi-worker task

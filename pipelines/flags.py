@@ -208,7 +208,7 @@ def define_zoo_flags():
 def define_side_info_flags():
     """Item side information and MIIR's settings (pipelines.train --model atrank|miir, pipelines.pretrain --backbone miir).
 
-    Unset flags keep the model's own (the original's) defaults: see :func:`side_info_config_from_flags`.
+    Unset flags keep the model's own (the original's) defaults: see :func:`config_from_flags`.
     """
     flags.DEFINE_string("item_data", None, "atrank, miir: item side information (.item files and/or Amazon meta_*.json, "
                         "comma-separated; default Data/synthetic/source.item).")
@@ -221,36 +221,65 @@ def define_side_info_flags():
     flags.DEFINE_enum("attention", None, ["dfsa", "sfsa"], "miir: dense or sparse fusion self-attention.")
 
 
-def side_info_config_from_flags(config_class, **fixed):
-    """``config_class`` (ATRankConfig / MIIRConfig) from the flags the user set, then ``fixed``.
+def define_recipe_flags(recipes_by_name):
+    """One flag per config field of the given recipes that no pipeline flag names yet (call it last).
 
-    Unset flags keep the config's defaults (the originals', e.g. ATRank's SGD 1.0 and batch 32, not the
-    shared flags' Adam defaults); ``--item_fields`` is split on commas.
+    The flag's default is None (unset: the recipe's own default applies); its help names the recipes
+    that have the field and their defaults, or the field's ``metadata["help"]``.
+    """
+    import dataclasses
+    import typing
+
+    fields = {}
+    for name, recipe in recipes_by_name.items():
+        for field in dataclasses.fields(recipe.config_class):
+            if field.name not in FLAGS and field.default is not dataclasses.MISSING:
+                fields.setdefault(field.name, []).append((name, field))
+    for flag, owners in fields.items():
+        field = owners[0][1]
+        kind = type(field.default) if field.default is not None else None
+        if kind is None:  # Optional[...]: the annotation's first type
+            hints = typing.get_type_hints(recipes_by_name[owners[0][0]].config_class)
+            kind = next((t for t in typing.get_args(hints.get(flag)) if t is not type(None)), str)
+        help_text = field.metadata.get("help") or ", ".join(f"{name} ({f.default!r})" for name, f in owners)
+        help_text = f"{help_text}; unset: the model's own default."
+        define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}.get(kind)
+        if define is not None:
+            define(flag, None, help_text)
+        elif kind in (tuple, list):
+            flags.DEFINE_list(flag, None, help_text)
+        else:
+            flags.DEFINE_string(flag, None, help_text)
+
+
+def config_from_flags(recipe, **fixed):
+    """``recipe.config_class`` from the flags that name its fields, then ``recipe.fixed`` and ``fixed``.
+
+    A field in ``recipe.own_defaults`` takes its flag only when the flag was given (an unset shared flag
+    keeps the model's own default, e.g. Caser's ``max_len`` 5); other fields take their flag's value
+    unless it is an unset ``None``. ``--dilations`` is parsed, tuple fields (``--item_fields``) are split
+    on commas, ``TF_CONFIG`` comes from the environment.
     """
     import dataclasses
 
-    names = {f.name for f in dataclasses.fields(config_class)} - {"item_fields", *fixed}
-    kwargs = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
-    if "item_fields" not in fixed and "item_fields" in FLAGS and FLAGS.item_fields:
-        kwargs["item_fields"] = tuple(f.strip() for f in FLAGS.item_fields.split(",") if f.strip())
-    if kwargs.get("verbose") == 1 and not sys.stdout.isatty():
-        kwargs["verbose"] = 2
-    if "tf_config" in names:
-        kwargs["tf_config"] = os.environ.get("TF_CONFIG")
-    return config_class(**kwargs, **fixed)
-
-
-def job_config_from_flags(config_class, **fixed):
-    """``config_class`` from the flags that name its fields (``--dilations`` parsed, ``TF_CONFIG`` from the
-    environment), then the ``fixed`` values (e.g. the backbone a pipeline picked)."""
-    import dataclasses
-
-    names = [f.name for f in dataclasses.fields(config_class) if f.name in FLAGS and f.name not in fixed and f.name != "dilations"]
+    fixed = {**recipe.fixed, **fixed}
+    fields = {f.name: f for f in dataclasses.fields(recipe.config_class)}
+    names = [
+        name for name in fields
+        if name in FLAGS and name not in fixed and name != "dilations"
+        and (FLAGS[name].present or name not in recipe.own_defaults)
+    ]
     kwargs = common_kwargs(names)
-    if "dilations" in FLAGS and any(f.name == "dilations" for f in dataclasses.fields(config_class)):
+    for name, value in list(kwargs.items()):
+        if isinstance(value, str) and isinstance(fields[name].default, tuple) or (name == "item_fields" and isinstance(value, str)):
+            kwargs[name] = tuple(part.strip() for part in value.split(",") if part.strip())
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+    if "dilations" in fields and "dilations" in FLAGS and (FLAGS["dilations"].present or "dilations" not in recipe.own_defaults):
         kwargs["dilations"] = tuple(int_list(FLAGS.dilations, "dilations"))
-    kwargs["tf_config"] = os.environ.get("TF_CONFIG")
-    return config_class(**kwargs, **fixed)
+    if "tf_config" in fields:
+        kwargs["tf_config"] = os.environ.get("TF_CONFIG")
+    return recipe.config_class(**(recipe.defaults | kwargs | fixed))
 
 
 def print_summary(model_dir, metrics):
@@ -275,12 +304,3 @@ def define_any_model_flags():
     define_model_flags()
     define_grec_flags()
     define_zoo_flags()
-
-
-def train_from_flags(config_class, run_job, **fixed):
-    """The body of a training pipeline: ``run_job(job_config_from_flags(config_class, **fixed))``, then
-    :func:`print_summary`; returns the metrics."""
-    cfg = job_config_from_flags(config_class, **fixed)
-    metrics = run_job(cfg)
-    print_summary(cfg.resolved_model_dir(), metrics)
-    return metrics

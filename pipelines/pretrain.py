@@ -41,23 +41,19 @@ FLAGS = flags.FLAGS
 
 def miir_config():
     """MIIRConfig(stage="mii") from the flags the user set (unset: MIIR's defaults; output checkpoints/pretrain-miir)."""
-    from peterrec.tasks.side_info import MIIRConfig
+    from peterrec import recipes
 
-    return common.side_info_config_from_flags(MIIRConfig, stage="mii", model_dir=FLAGS.model_dir)
+    return common.config_from_flags(recipes.get("miir"), stage="mii", model_dir=FLAGS.model_dir)
 
 
 def main(argv):
     del argv
-    from peterrec import pretraining
+    from peterrec import recipes
 
-    if FLAGS.backbone == "miir":
-        from peterrec.tasks import side_info
-
-        cfg = miir_config()
-        metrics = side_info.run_miir(cfg)
-        common.print_summary(cfg.resolved_model_dir(), metrics)
-        return
-    common.train_from_flags(pretraining.PretrainConfig, pretraining.run)
+    recipe = recipes.get(FLAGS.backbone, "--backbone")
+    cfg = miir_config() if recipe.name == "miir" else common.config_from_flags(recipe)
+    metrics = recipe.run(cfg)
+    common.print_summary(cfg.resolved_model_dir(), metrics)
 
 
 if __name__ == "__main__":

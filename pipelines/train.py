@@ -37,7 +37,8 @@ common.define_grec_flags()
 common.define_zoo_flags()
 flags.DEFINE_string(
     "model", "nextitnet",
-    "Model to train: nextitnet, grec, sasrec, narm, stamp, gru4rec, caser, atrank or miir (an unknown name is refused).",
+    "Model to train: a recipe of peterrec/recipes/ (nextitnet, grec, sasrec, narm, stamp, gru4rec, caser, atrank, miir, "
+    "and any recipe added there); an unknown name is refused.",
 )
 flags.DEFINE_integer("T", 3, "caser: targets per window.", lower_bound=1)
 flags.DEFINE_integer("nv", 4, "caser: vertical convolution filters.", lower_bound=0)
@@ -59,70 +60,39 @@ flags.DEFINE_string("candidate_behaviour", None, "atrank --behaviour_field: the 
 flags.DEFINE_enum("candidate_projection", None, ["type", "none"], "atrank --behaviour_field: type (the original multi-behaviour "
                   "model: the candidate through its type's projection) or none (the candidate embedding as single-behaviour ATRank).")
 FLAGS = flags.FLAGS
-SIDE_INFO_MODELS = ("atrank", "miir")
-CASER_DEFAULTS = {"max_len": 5, "embedding_dim": 50, "dropout": 0.5, "batch_size": 512}
+
+
+def trainable_recipes():
+    """The recipes this pipeline trains (every model but PeterRec finetuning and CASR)."""
+    from peterrec import recipes
+
+    return {name: recipe for name, recipe in recipes.all_recipes().items() if recipe.pipeline in ("train", "pretrain")}
 
 
 def model_names():
-    from peterrec.pretraining import BACKBONES
-
-    return (*BACKBONES, "caser", *SIDE_INFO_MODELS)
-
-
-def caser_config():
-    """The CaserConfig from the flags (shared flags that are not set take Caser's own defaults)."""
-    from peterrec.models.caser import CaserConfig
-
-    given = lambda name: FLAGS[name].value if FLAGS[name].present else CASER_DEFAULTS.get(name, FLAGS[name].value)  # noqa: E731
-    return CaserConfig(
-        L=given("max_len"), T=FLAGS.T, d=given("embedding_dim"), nv=FLAGS.nv, nh=FLAGS.nh, ac_conv=FLAGS.ac_conv, ac_fc=FLAGS.ac_fc,
-        drop_rate=given("dropout"), neg_samples=FLAGS.neg_samples, l2=FLAGS.caser_l2, tied=FLAGS.tied, batch_size=given("batch_size"),
-        eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, seed=FLAGS.seed,
-    ).validate()
-
-
-def side_info_config(model):
-    """ATRankConfig / MIIRConfig from the flags the user set (``common.side_info_config_from_flags``)."""
-    from peterrec.tasks import side_info
-
-    config_class = side_info.ATRankConfig if model == "atrank" else side_info.MIIRConfig
-    return common.side_info_config_from_flags(config_class, model_dir=FLAGS.model_dir or os.path.join("checkpoints", f"train-{model}"))
+    return tuple(trainable_recipes())
 
 
 def config_from_flags():
-    from peterrec.errors import ConfigError
-    from peterrec.pretraining import PretrainConfig
+    """The chosen recipe's config from the flags (unset flags keep the model's own defaults)."""
+    from peterrec import recipes
 
-    model = FLAGS.model
-    if model not in model_names():
-        raise ConfigError(f"--model: {model!r} is not one of {', '.join(model_names())}")
-    model_dir = FLAGS.model_dir or os.path.join("checkpoints", f"train-{model}")
-    return common.job_config_from_flags(PretrainConfig, backbone=model, model_dir=model_dir)
+    recipe = recipes.get(FLAGS.model, "--model")
+    if recipe.name not in trainable_recipes():
+        from peterrec.errors import ConfigError
+
+        raise ConfigError(f"--model: {FLAGS.model!r} is trained by python -m pipelines.{recipe.pipeline}, not pipelines.train")
+    return recipe, common.config_from_flags(recipe, model_dir=FLAGS.model_dir or os.path.join("checkpoints", f"train-{recipe.name}"))
 
 
 def main(argv):
     del argv
-    from peterrec import pretraining
-
-    if FLAGS.model == "caser":
-        from peterrec.pretraining import PretrainConfig
-
-        model_dir = FLAGS.model_dir or os.path.join("checkpoints", "train-caser")
-        cfg = common.job_config_from_flags(PretrainConfig, backbone="nextitnet", model_dir=model_dir, max_len=max(FLAGS.max_len, 2))
-        metrics = pretraining.run_caser(cfg, caser_config())
-        common.print_summary(model_dir, metrics)
-        return
-    if FLAGS.model in SIDE_INFO_MODELS:
-        from peterrec.tasks import side_info
-
-        cfg = side_info_config(FLAGS.model)
-        metrics = (side_info.run_atrank if FLAGS.model == "atrank" else side_info.run_miir)(cfg)
-        common.print_summary(cfg.model_dir, metrics)
-        return
-    cfg = config_from_flags()
-    metrics = pretraining.run(cfg)
+    recipe, cfg = config_from_flags()
+    metrics = recipe.run(cfg)
     common.print_summary(cfg.resolved_model_dir(), metrics)
 
+
+common.define_recipe_flags(trainable_recipes())  # settings of a recipe that no flag above names
 
 if __name__ == "__main__":
     common.run(main)

@@ -158,9 +158,9 @@ def test_one_model_one_seed_one_epoch_benchmark(tmp_path, tiny_inter, monkeypatc
     assert "| NextItNet (peterrec, fast) |" in md and (tmp_path / "res" / "tiny.png").exists()
 
     # a finished run is not rerun
-    from peterrec import pretraining
+    from peterrec import recipes
 
-    monkeypatch.setattr(pretraining, "run", lambda cfg: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(recipes.get("nextitnet"), "run", lambda cfg: pytest.fail("a finished run was retrained"))
     again = benchmarking.run_benchmark(spec)
     assert again["runs"][0]["test"] == run["test"]
 

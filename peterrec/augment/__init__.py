@@ -4,7 +4,3 @@ See :mod:`peterrec.augment.casr` (the job), :mod:`peterrec.augment.generate`
 (the interventions), :mod:`peterrec.augment.task` (the anchor's training task)
 and :mod:`peterrec.augment.embeddings` (running a model from input embeddings).
 """
-
-from peterrec.augment.casr import CASRConfig, run
-
-__all__ = ["CASRConfig", "run"]

@@ -51,11 +51,23 @@ from peterrec.augment.embeddings import item_embedding_layer
 from peterrec.augment.task import GENERATED, CounterfactualTask
 from peterrec.errors import ConfigError, ExportError, VocabularyError
 from peterrec.jobs import check
-from peterrec.pretraining import CNN_FIELDS, PretrainConfig, ZOO_FIELDS, ZOO_MODELS
+from peterrec.pretraining import CNN_FIELDS, PretrainConfig, ZOO_FIELDS, sequence_models
 from peterrec.tasks.next_item import NextItemTask
 from peterrec.training import Trainer, TrainInputs
 
-MODELS = ("nextitnet", *ZOO_MODELS)  # causal next-item models (GRec is not one)
+
+
+def causal_models():
+    """The sampler/anchor models: causal recipes on next-item windows (GRec and BERT4Rec-style cloze models are not)."""
+    return tuple(name for name, recipe in sequence_models().items() if recipe.causal and recipe.layout == "windows")
+
+
+def __getattr__(name):  # MODELS: the former table, now read from the recipe registry
+    if name == "MODELS":
+        return causal_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 SEED_NAMES = {"heuristic": "heuristic", "learning": "learning", "ad": "ad"}  # the seed spells them Heuristic, Learning, AD
 SAMPLER_DIR = "sampler"
 GENERATED_DIR = "generated"
@@ -150,7 +162,7 @@ class CASRConfig(PretrainConfig):
         fields["model_dir"] = os.path.join(self.resolved_model_dir(), SAMPLER_DIR) if role == "sampler" else self.resolved_model_dir()
         if role == "sampler" and self.sampler_epochs:
             fields["epochs"] = self.sampler_epochs
-        if model in ZOO_MODELS:
+        if sequence_models()[model].family == "zoo":
             for name in CNN_FIELDS:
                 fields[name] = getattr(defaults, name)
             takes = PretrainConfig(backbone=model).model_settings()
@@ -166,8 +178,9 @@ class CASRConfig(PretrainConfig):
         learning = self.resolved_learning()
         check(learning in generate.METHODS, "learning", f"{self.learning!r} is not one of {', '.join(generate.METHODS)}")
         sampler = self.resolved_sampler_model()
-        check(sampler in MODELS, "sampler_model", f"{sampler!r} is not one of {', '.join(MODELS)}")
-        check(str(self.anchor_model).lower() in MODELS, "anchor_model", f"{self.anchor_model!r} is not one of {', '.join(MODELS)}")
+        models = causal_models()
+        check(sampler in models, "sampler_model", f"{sampler!r} is not one of {', '.join(models)}")
+        check(str(self.anchor_model).lower() in models, "anchor_model", f"{self.anchor_model!r} is not one of {', '.join(models)}")
         check(self.index >= 1, "index", f"must be >= 1 (1-based), got {self.index}")
         check(
             self.index <= self.max_len,
@@ -202,7 +215,7 @@ class CASRConfig(PretrainConfig):
         models = {sampler, str(self.anchor_model).lower()}
         for name in ZOO_FIELDS:
             if getattr(self, name) is not None:
-                takes = [m for m in models if m in ZOO_MODELS and name in PretrainConfig(backbone=m).model_settings()]
+                takes = [m for m in models if sequence_models()[m].family == "zoo" and name in PretrainConfig(backbone=m).model_settings()]
                 check(bool(takes), name, f"is taken by neither --sampler_model {sampler} nor --anchor_model {self.anchor_model}")
 
 
@@ -236,8 +249,8 @@ def load_sampler(path, vocab, data_description):
     name = loaded.config.get("backbone_name", type(loaded.backbone).__name__)
     if not isinstance(loaded.task, NextItemTask) or loaded.config.get("kind") != "pretrain" or not getattr(loaded.backbone, "causal", True):
         raise ExportError(f"--sampler_dir {loaded.path}: a {name} export is not a causal next-item model (train one with pipelines.train)")
-    if name not in MODELS:
-        raise ExportError(f"--sampler_dir {loaded.path}: backbone {name!r} is not one of {', '.join(MODELS)}")
+    if name not in causal_models():
+        raise ExportError(f"--sampler_dir {loaded.path}: backbone {name!r} is not one of {', '.join(causal_models())}")
     item_embedding_layer(loaded.backbone)
     if loaded.vocab.hash != vocab.hash:
         raise VocabularyError(
@@ -463,5 +476,6 @@ def run(cfg: CASRConfig):
             write_ad_samples(cfg, task, sampler.task, gen_dir, vocab, os.path.join(model_dir, TSV_FILE))
 
     export_kwargs = dict(task=task.anchor, vocab=vocab, max_len=cfg.max_len, top_k=cfg.top_k, extra_config={
-        "job": pretraining.job_record(anchor_cfg), "backbone_name": anchor_cfg.backbone, "casr": record})
+        "job": pretraining.job_record(anchor_cfg), "backbone_name": anchor_cfg.backbone, "casr": record,
+        "layout": "counterfactual"})
     return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs, after_export=write_samples)

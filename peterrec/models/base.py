@@ -69,6 +69,14 @@ class ZooBackbone(keras.Model):
     CONFIG_KEYS: tuple = ()
     causal = True  # position t sees items <= t only
 
+    def keep_config(self, item_embedding, **settings):
+        """Store the constructor settings (``CONFIG_KEYS``) as attributes, ``output_dim`` (= ``embedding_dim``)
+        and the input table tied scoring reuses."""
+        for key, value in settings.items():
+            setattr(self, key, value)
+        self.output_dim = self.embedding_dim
+        self.item_embedding = item_embedding
+
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **{key: getattr(self, key) for key in self.CONFIG_KEYS}}
 

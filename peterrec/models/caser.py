@@ -41,7 +41,6 @@ that ``pipelines.train --model caser`` runs with ``peterrec.training.Trainer``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -315,70 +314,3 @@ class CaserConfig:
 
 
 # ---------------------------------------------------------------- the job's building blocks
-class CaserJob(NamedTuple):
-    """What :func:`build_caser_job` returns.
-
-    ``task_factory()`` builds a fresh :class:`~peterrec.tasks.caser.CaserTask`
-    (call it inside the strategy scope, as ``Trainer`` does); ``inputs`` are
-    the ``TrainInputs``; ``caser_metrics(task, split)`` is Caser's own metric
-    set (Prec/Recall@1,5,10 and MAP, ``peterrec.eval.caser_metrics``) on
-    ``"valid"`` or ``"test"``; ``users`` the indexed users.
-    """
-
-    task_factory: Callable
-    inputs: object
-    caser_metrics: Callable
-    users: object
-
-
-def build_caser_job(cfg_like, set_dir, metadata, vocab):
-    """Data -> Caser task factory + ``TrainInputs`` (+ the Caser metric set) for ``Trainer``.
-
-    Args:
-        cfg_like: a :class:`CaserConfig` or any object with its field names.
-        set_dir, metadata: a TFRecord set and its metadata (``pretraining.prepare_data``).
-        vocab: the set's item vocabulary (its ``size`` is the score width).
-
-    Raises:
-        ConfigError: a bad knob, or ``L + T`` longer than every training history.
-        DataError: a user trained on every item (no negative can be drawn).
-    """
-    from peterrec.data import caser_dataset
-    from peterrec.eval import caser_metrics
-    from peterrec.tasks.caser import CaserTask
-    from peterrec.training import TrainInputs
-
-    cfg = CaserConfig.coerce(cfg_like).validate(metadata)
-    users = caser_dataset.scan_users(set_dir, vocabulary_size=vocab.size)
-    steps = caser_dataset.steps_per_epoch(metadata, cfg.L, cfg.T, cfg.batch_size)
-
-    def train_fn(epoch, skip_steps, ctx):
-        return caser_dataset.train_dataset(
-            set_dir, users, L=cfg.L, T=cfg.T, neg_samples=cfg.neg_samples, vocabulary_size=vocab.size,
-            batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch, skip_steps=skip_steps,
-            shuffle_buffer=cfg.shuffle_buffer, input_context=ctx,
-        )
-
-    def eval_fn(split, ctx):
-        return caser_dataset.eval_dataset(set_dir, split, users, L=cfg.L, batch_size=cfg.eval_batch_size, input_context=ctx)
-
-    def task_factory():
-        return CaserTask(
-            Caser(
-                vocab.size, users.size, L=cfg.L, d=cfg.d, nv=cfg.nv, nh=cfg.nh, ac_conv=cfg.ac_conv, ac_fc=cfg.ac_fc,
-                drop_rate=cfg.drop_rate, tied=cfg.tied, l2=cfg.l2, reg_weight=cfg.reg_weight,
-            ),
-            neg_samples=cfg.neg_samples,
-        )
-
-    def metrics_fn(task, split):
-        rows = caser_dataset.eval_dataset(set_dir, split, users, L=cfg.L, batch_size=cfg.eval_batch_size, with_history=True)
-        return caser_metrics.evaluate(task, rows)
-
-    inputs = TrainInputs(
-        train=train_fn,
-        evaluate=eval_fn,
-        steps_per_epoch=steps,
-        targets_per_epoch=caser_dataset.num_train_targets(metadata, cfg.L, cfg.T),
-    )
-    return CaserJob(task_factory, inputs, metrics_fn, users)

@@ -100,10 +100,5 @@ class NARMBackbone(ZooBackbone):
         super().__init__(inputs=item_ids, outputs=x, **kwargs)
 
         # === Config ===
-        self.vocabulary_size = int(vocabulary_size)
-        self.embedding_dim = self.output_dim = int(embedding_dim)
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
-        self.embedding_dropout = float(embedding_dropout)
-        self.hidden_dropout = float(hidden_dropout)
-        self.item_embedding = embedding
+        self.keep_config(embedding, vocabulary_size=int(vocabulary_size), embedding_dim=int(embedding_dim), hidden_size=int(hidden_size),
+                         num_layers=int(num_layers), embedding_dropout=float(embedding_dropout), hidden_dropout=float(hidden_dropout))

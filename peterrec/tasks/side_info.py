@@ -15,8 +15,8 @@ per-epoch metric set, :class:`JobTrainer`), evaluates, exports (with
 :class:`MIIRConfig` / :func:`build_miir_job` / :func:`run_miir` are the two
 jobs (the networks are in ``peterrec.models.atrank`` / ``.miir``, the tasks
 and input pipelines in ``peterrec.tasks.atrank`` / ``.miir``; those modules
-import nothing of the job machinery, so ``peterrec.registry`` may import
-them).
+import nothing of the job machinery). The recipes ``peterrec/recipes/atrank.py``
+and ``miir.py`` register the two jobs.
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ def run_job(cfg: SideInfoConfig, build, fields, name):
     }
     export_kwargs = dict(
         task=task, vocab=vocab, max_len=job.max_len, top_k=cfg.top_k,
-        extra_config={"job": record, "backbone_name": name, "item_features_hash": features.hash},
+        extra_config={"job": record, "backbone_name": name, "item_features_hash": features.hash,
+                      "layout": {"atrank": "candidate_pairs", "miir": "mii_cells"}[name]},
         extra_files={f"{item_features_lib.FILE_NAME}.json": lambda path: features.save(os.path.dirname(path))},
     )
     return runner.finish(trainer, result, model_dir, metrics, export_kwargs=export_kwargs, monitor=job.train_config.monitor)

@@ -69,6 +69,9 @@ class TransferTask(keras.Model):
             exactly unchanged, so the backbone is frozen until the step count
             (``optimizer.iterations``, checkpointed, so resuming keeps the phase)
             reaches the value.
+        negative_seed: seed of the in-training negative draws; None draws one from the global
+            seed (``keras.utils.set_random_seed``). Saved in the config, so a task rebuilt from
+            it draws the same negatives.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class TransferTask(keras.Model):
         head_warmup_steps=0,
         pooling="sep",
         user_norm=False,
+        negative_seed=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "transfer_task")
@@ -100,7 +104,8 @@ class TransferTask(keras.Model):
         self.sampler = sampler
         self.rho = float(rho)
         self.l2 = float(l2)
-        self._negative_seed = int(np.random.randint(2**31 - 1))  # seeded by keras.utils.set_random_seed; see _negatives
+        # the seed of the negative draws (_negatives): drawn once (seeded by keras.utils.set_random_seed), then saved in the config
+        self._negative_seed = int(np.random.randint(2**31 - 1)) if negative_seed is None else int(negative_seed)
         self.finetune_mode = finetune_mode
         self.head_warmup_steps = int(head_warmup_steps)
         self.pooling = pooling
@@ -254,6 +259,7 @@ class TransferTask(keras.Model):
             "l2": self.l2,
             "finetune_mode": self.finetune_mode,
             "head_warmup_steps": self.head_warmup_steps,
+            "negative_seed": self._negative_seed,
             **({"pooling": self.pooling} if self.pooling != "sep" else {}),
             **({"user_norm": True} if self.user_norm else {}),
         }

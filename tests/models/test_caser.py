@@ -11,7 +11,8 @@ from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError
 from peterrec.eval import caser_metrics
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SAMPLE_WEIGHT
-from peterrec.models.caser import Caser, CaserConfig, build_caser_job
+from peterrec.models.caser import Caser, CaserConfig
+from peterrec.recipes.caser import build_caser_job
 from peterrec.tasks.caser import CaserTask, left_align
 from peterrec.training import PopularityScorer, TrainConfig, Trainer
 
