@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from peterrec import io, locking
+from peterrec import io
 from peterrec.errors import ConfigError, check  # noqa: F401  (check: re-exported)
-from peterrec.training import TrainConfig
+from peterrec.training import TrainConfig, locking
 
 JOB_CONFIG = "job_config.json"
 # Fields newer than some job_config.json files: a missing key there means this default (the run still resumes).

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from peterrec import export, finetuning, locking, pretraining
+from peterrec import export, finetuning, pretraining
 from peterrec.data import synthetic
 from peterrec.errors import ConfigError
 from peterrec.features import LABELS
 from peterrec.jobs import raise_if_failed
-from peterrec.training import Trainer, TrainConfig, TrainingInterrupted, TrainInputs, _DivergenceMonitor, seed_states
+from peterrec.training import Trainer, TrainConfig, TrainingInterrupted, TrainInputs, _DivergenceMonitor, locking, seed_states
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -181,7 +181,7 @@ def test_a_second_job_on_the_same_model_dir_is_refused(world, tmp_path):
 
 
 def test_the_lock_dies_with_its_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from peterrec import locking; locking.acquire(sys.argv[1]); "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from peterrec.training import locking; locking.acquire(sys.argv[1]); "
                                "print('held', flush=True); time.sleep(600)", str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

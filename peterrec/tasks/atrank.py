@@ -30,7 +30,7 @@ import tensorflow as tf
 from peterrec.data import caser_dataset, dataset
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID
 from peterrec.models.atrank import SECONDS_PER_DAY, ATRank, time_bucket  # noqa: F401  (registers ATRank)
-from peterrec.training import PopularityScorer
+from peterrec.eval.popularity import PopularityScorer
 
 AUTOTUNE = tf.data.AUTOTUNE
 TIME_BUCKETS = "time_buckets"  # int32 [B, T]

@@ -28,6 +28,8 @@ import os
 import socket
 import sys
 
+from absl import logging
+
 from peterrec.errors import ConfigError
 
 LOCK_FILE = ".lock"
@@ -51,7 +53,7 @@ def acquire(model_dir: str) -> str:
     except OSError as err:
         if err.errno == errno.ENOLCK:
             stream.close()
-            print(f"warning: {path}: the file system does not support locks; another job could write into {model_dir}", file=sys.stderr)
+            logging.warning("%s: the file system does not support locks; another job could write into %s", path, model_dir)
             return path
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             stream.close()
