@@ -94,7 +94,7 @@ class ServingModule(tf.Module):
         self.layout = layout
         output_vocab = output_vocab or vocab
         # Finetuning tasks add separator tokens around the source items.
-        self.max_len = int(max_len) - int(getattr(task, "context_slots", 0))
+        self.max_len = int(max_len) - int(task.context_slots)
         self.top_k = int(min(top_k, output_vocab.size - NUM_RESERVED))
         pads = [SERVING_PAD, *(t for t in pad_tokens if t != SERVING_PAD)]
         keys = [*pads, *vocab.tokens]

@@ -26,6 +26,7 @@ from peterrec.errors import ConfigError
 from peterrec.features import LABELS
 from peterrec.jobs import raise_if_failed
 from peterrec.training import Trainer, TrainConfig, TrainingInterrupted, TrainInputs, _DivergenceMonitor, locking, seed_states
+from peterrec.tasks.base import Task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -196,7 +197,7 @@ def test_the_lock_dies_with_its_holder(tmp_path):
     assert not locking.holds(str(tmp_path))
 
 
-class _ToyTask(keras.Model):
+class _ToyTask(Task):
     """A linear scorer whose loss turns NaN from optimizer step ``nan_from`` on (the Trainer's task contract)."""
 
     def __init__(self, nan_from=10**9, dropout=0.0):

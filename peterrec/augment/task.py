@@ -28,12 +28,13 @@ import tensorflow as tf
 
 from peterrec.augment import generate
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
+from peterrec.tasks.base import Task
 
 GENERATED = "generated"
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
-class CounterfactualTask(keras.Model):
+class CounterfactualTask(Task):
     """The anchor task plus generated samples (see the module docstring).
 
     Args:

@@ -31,6 +31,7 @@ from peterrec.data import caser_dataset, dataset
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID
 from peterrec.models.atrank import SECONDS_PER_DAY, ATRank, time_bucket  # noqa: F401  (registers ATRank)
 from peterrec.eval.popularity import PopularityScorer
+from peterrec.tasks.base import Task
 
 AUTOTUNE = tf.data.AUTOTUNE
 TIME_BUCKETS = "time_buckets"  # int32 [B, T]
@@ -156,7 +157,7 @@ class PopularityPairs(PopularityScorer):
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
-class ATRankTask(keras.Model):
+class ATRankTask(Task):
     """ATRank trained with the original's pointwise loss, scored for AUC, full ranking and serving.
 
     Loss (``atrank/train.py``): ``mean sigmoid-CE(logit, y) + reg_rate *

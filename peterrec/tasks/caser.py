@@ -27,6 +27,7 @@ from peterrec.data.caser_dataset import NEGATIVES, UNKNOWN_USER, USER_INDEX
 from peterrec.eval.ranking import exclude_reserved
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SAMPLE_WEIGHT
 from peterrec.models.caser import Caser  # noqa: F401  (registered: CaserTask.from_config rebuilds it)
+from peterrec.tasks.base import Task
 
 
 def left_align(item_ids, lengths, L):
@@ -39,7 +40,7 @@ def left_align(item_ids, lengths, L):
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
-class CaserTask(keras.Model):
+class CaserTask(Task):
     """A :class:`peterrec.models.caser.Caser` network plus its loss (see the module docstring).
 
     Training batches (``caser_dataset.train_dataset``): ``item_ids [B, L]``

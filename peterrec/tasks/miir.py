@@ -32,6 +32,7 @@ from peterrec.data.item_features import PAD_VALUE
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, PAD_ID, SAMPLE_WEIGHT
 from peterrec.models.miir import MIIR  # noqa: F401  (registers MIIR)
 from peterrec.tasks.masked_item import end_mask
+from peterrec.tasks.base import Task
 
 AUTOTUNE = tf.data.AUTOTUNE
 CELL_MASK = "cell_mask"  # float32 [B, L, F]: 1 where a (position, field) cell is masked (MII)
@@ -92,7 +93,7 @@ def _per_sequence(losses, rows, batch):
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
-class MIIRTask(keras.Model):
+class MIIRTask(Task):
     """MIIR with its training objective (``stage``), evaluation and serving.
 
     ``stage="mii"`` (``Pretrain.py``): per masked, present cell: ID softmax

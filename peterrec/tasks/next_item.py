@@ -9,13 +9,14 @@ from keras import ops
 from peterrec import losses
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
 from peterrec.layers.initializers import conv_initializer
+from peterrec.tasks.base import Task
 
 LOSSES = ("full_softmax", "sampled_softmax", *losses.PAIRWISE)
 OUTPUTS = ("dense", "tied")
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
-class NextItemTask(keras.Model):
+class NextItemTask(Task):
     """A backbone plus the next-item output layer and loss.
 
     Output layer (``output``):

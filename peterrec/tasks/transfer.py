@@ -9,6 +9,7 @@ from keras import ops
 
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, NUM_RESERVED, PAD_ID, SEP_ID
 from peterrec.layers.initializers import conv_initializer
+from peterrec.tasks.base import Task
 
 LOSSES = ("bce", "bpr")
 SAMPLERS = ("uniform", "lambdafm")
@@ -35,7 +36,7 @@ def lambdafm_probabilities(counts, rho=0.3):
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
-class TransferTask(keras.Model):
+class TransferTask(Task):
     """User vector from a pretrained backbone, scored against a new target table.
 
     Causal backbones read ``[src_1..src_n, SEP]`` and take the output at SEP;

@@ -30,9 +30,10 @@ step run through ``strategy.run``:
   determinism, so a run killed and resumed ends bit-identical to an
   uninterrupted one.
 
-A task is any ``keras.Model`` with ``loss_sum(batch, training)``,
-``loss_count(batch)`` and ``eval_scores(batch)`` (scores over all ids,
-``[batch, V]``, for the target in ``batch["labels"]``).
+A task is a :class:`peterrec.tasks.base.Task`: ``loss_sum(batch, training)``,
+``loss_count(batch)``, ``eval_scores(batch)`` (scores over all ids,
+``[batch, V]``, for the target in ``batch["labels"]``), ``serve_scores`` and
+``transform_gradients``.
 
 Modules:
 

@@ -102,7 +102,8 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
     :mod:`~peterrec.training.checkpoints`, :mod:`~peterrec.training.faults` and :mod:`~peterrec.training.cluster`.
     """
 
-    def __init__(self, task_fn, inputs: TrainInputs, model_dir, config: TrainConfig, strategy=None, callbacks=()):
+    def __init__(self, task_fn, inputs: TrainInputs, model_dir, config: TrainConfig, strategy=None, callbacks=(), metric_fn=None):
+        self.metric_fn = metric_fn  # metric_fn(task, split) -> metrics: a job's own validation metric set (ATRank's AUC)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.inputs = inputs
         self.is_chief = is_chief(self.strategy)
@@ -168,8 +169,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
                     loss += tf.add_n(task.losses) / num_replicas
                 loss = optimizer.scale_loss(loss)  # mixed precision: the LossScaleOptimizer unscales in apply
             grads = tape.gradient(loss, task.trainable_variables)
-            if hasattr(task, "transform_gradients"):
-                grads = task.transform_gradients(grads, task.trainable_variables)
+            grads = task.transform_gradients(grads, task.trainable_variables)
             return loss_sum, grads
 
         compute = tf.function(grads_of, jit_compile=True) if use_jit else grads_of
@@ -196,7 +196,12 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split, scorer=None):
-        """Metrics of ``scorer`` (default: the task) on an evaluation split."""
+        """Metrics of ``scorer`` (default: the task) on an evaluation split.
+
+        With ``metric_fn`` and no ``scorer`` (per-epoch validation, the selected task), the job's own metric set.
+        """
+        if scorer is None and self.metric_fn is not None:
+            return self.metric_fn(self.task, split)
         return evaluate(
             scorer or self.task,
             lambda ctx: self.inputs.evaluate(split, ctx),
