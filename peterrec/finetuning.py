@@ -21,7 +21,7 @@ import numpy as np
 
 from peterrec import export, patches, runner
 from peterrec.backbones.nextitnet import NextItNetBackbone
-from peterrec.data import convert, finetune_dataset
+from peterrec.data import convert_write, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
@@ -160,7 +160,7 @@ def prepare_data(cfg, vocab):
             f"{cfg.data}: {oov_share:.1%} of the source items are unknown to the pretrained vocabulary "
             f"(more than --max_oov_share {cfg.max_oov_share:.0%}); was the backbone pretrained on this domain?"
         )
-    target_vocab = Vocabulary.load(os.path.join(set_dir, convert.TARGET_VOCAB_FILENAME))
+    target_vocab = Vocabulary.load(os.path.join(set_dir, convert_write.TARGET_VOCAB_FILENAME))
     real_targets = target_vocab.size - NUM_RESERVED
     if cfg.task == "classify" and real_targets < 2:
         raise DataError(f"{where}: --task classify needs at least 2 classes, found {real_targets}")

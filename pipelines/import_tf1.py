@@ -34,7 +34,7 @@ if "verify_backbone" not in FLAGS:
 
 def main(argv):
     del argv
-    from peterrec.checkpoint_tf1 import export_tf1_checkpoint
+    from peterrec.tf1.importer import export_tf1_checkpoint
     from peterrec.errors import ConfigError
 
     for name in ("checkpoint", "vocab_from"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from peterrec import finetuning
-from peterrec.checkpoint_tf1 import export_tf1_checkpoint
+from peterrec.tf1 import export_tf1_checkpoint
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "fixtures", "peterrec_demo")
 pytestmark = pytest.mark.skipif(not os.path.isdir(DEMO), reason="../shared/fixtures/peterrec_demo is absent")

@@ -20,7 +20,7 @@ DEMO = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "peterrec_demo"
 if not os.path.isdir(DEMO):
     pytest.skip(f"{DEMO} is absent", allow_module_level=True)
 
-from peterrec import checkpoint_tf1 as tf1  # noqa: E402
+from peterrec import tf1  # noqa: E402
 from peterrec import export, features  # noqa: E402
 from peterrec.errors import VocabularyError  # noqa: E402
 

@@ -55,7 +55,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from peterrec.data.item_features import CATEGORICAL, ItemFeatureTables, embed_categorical
+from peterrec.data.item_features import CATEGORICAL
+from peterrec.layers.item_features import ItemFeatureTables, embed_categorical
 from peterrec.errors import ConfigError
 
 TIME_BOUNDARIES = tuple(2**k for k in range(1, 13))  # 2, 4, ..., 4096 (days)

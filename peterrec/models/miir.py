@@ -42,7 +42,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from peterrec.data.item_features import CATEGORICAL, MISSING_VALUE, ItemFeatureTables, embed_categorical
+from peterrec.data.item_features import CATEGORICAL, MISSING_VALUE
+from peterrec.layers.item_features import ItemFeatureTables, embed_categorical
 from peterrec.errors import ConfigError
 from peterrec.features import PAD_ID
 

@@ -17,7 +17,7 @@ day, the target (``labels``) and one negative not in the user's sequence
 (``negative``, its own stateless seed) for the AUC.
 
 Multi-behaviour ATRank: with ``behaviour_fn`` (``record -> int32 [n]``,
-``item_features.Behaviours.lookup_fn``: each interaction's behaviour-type
+``behaviours.Behaviours.lookup_fn``: each interaction's behaviour-type
 id) the rows also carry ``behaviours`` ``[B, T]`` aligned with the history
 (0 in padded slots; masks come from the lengths).
 """

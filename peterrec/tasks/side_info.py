@@ -36,6 +36,7 @@ import tensorflow as tf
 from peterrec import export, runner
 from peterrec.data import dataset
 from peterrec.data import item_features as item_features_lib
+from peterrec.data import item_sources
 from peterrec.errors import ConfigError, DataError
 from peterrec.eval import ranking
 from peterrec.features import LABELS
@@ -64,9 +65,9 @@ class SideInfoConfig(runner.DataConfig):
 
     def validate_data(self):
         self.validate_common()
-        check(self.item_format in item_features_lib.FORMATS, "item_format", f"{self.item_format!r} is not one of {', '.join(item_features_lib.FORMATS)}")
+        check(self.item_format in item_sources.FORMATS, "item_format", f"{self.item_format!r} is not one of {', '.join(item_sources.FORMATS)}")
         check(0.0 <= self.max_bad_share <= 1.0, "max_bad_share", f"must be in [0, 1], got {self.max_bad_share}")
-        check(bool(item_features_lib.split_paths(self.item_data)), "item_data", "needs at least one side-information file")
+        check(bool(item_sources.split_paths(self.item_data)), "item_data", "needs at least one side-information file")
 
 
 def prepare(cfg: SideInfoConfig, fields):

@@ -269,7 +269,7 @@ def test_cli_malformed_file_exits_2_and_writes_nothing(tmp_path):
 
 
 def test_targets_file_attaches_per_user_targets(tmp_path):
-    from peterrec.data.readers import read_user_targets
+    from peterrec.data.formats.inter import read_user_targets
 
     source = tmp_path / "source.inter"
     source.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u{u}\ti{(u + k) % 7}\t{k}\n" for u in range(20) for k in range(5)))
