@@ -3,7 +3,7 @@
     python benchmarks/side_info.py [--data ../shared/data/ml-100k/ml-100k.inter] [--item_data ...ml-100k.item]
                                    [--atrank_epochs 3] [--miir_epochs 20] [--mii_epochs 10] [--out_dir /tmp/bench-side-info]
 
-Runs, in this process, through the CLI-free runners of ``peterrec.tasks.side_info``:
+Runs, in this process, through the CLI-free runners of ``peterrec.recipes.atrank`` / ``.miir``:
 
 * ATRank (``run_atrank``): genres (``class``, a token_seq field, summed) as the category,
   time buckets from the timestamps; SGD 1.0 -> 0.1 with global-norm clip 5 (the original's),
@@ -53,7 +53,8 @@ def main():
     if not (os.path.isfile(args.data) and os.path.isfile(args.item_data)):
         print(f"{args.data} or {args.item_data} is absent: nothing to do")
         return
-    from peterrec.tasks.side_info import ATRankConfig, MIIRConfig, run_atrank, run_miir
+    from peterrec.recipes.atrank import ATRankConfig, run_atrank
+    from peterrec.recipes.miir import MIIRConfig, run_miir
 
     shutil.rmtree(args.out_dir, ignore_errors=True)
     os.makedirs(args.out_dir)

@@ -11,7 +11,7 @@ ckpt/ (re-running resumes), metrics.json and curves.png. --backbone grec writes
 checkpoints/pretrain-grec/; the original GRec uses sampled softmax
 (--loss sampled_softmax), peterrec's default is the full softmax.
 
---backbone miir pretrains MIIR with the MII objective (peterrec.tasks.side_info.run_miir,
+--backbone miir pretrains MIIR with the MII objective (peterrec.recipes.miir.run_miir,
 stage "mii"; the original's defaults: Adam 1e-4, clip by value 5, batch 128, 100 epochs, d 64,
 3 layers, 4 heads, --mask_prob 0.5, --discard_share 0.5) on --data and its item side information
 (--item_data, default Data/synthetic/source.item; --item_fields, --item_format, --attention dfsa|sfsa)

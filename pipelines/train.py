@@ -11,7 +11,7 @@ Models: nextitnet, grec (as pipelines.pretrain), sasrec, narm, stamp, gru4rec
 --nh, --ac_conv, --ac_fc, --dropout (drop_rate, 0.5), --embedding_dim (d, 50),
 --neg_samples, --caser_l2, --tied; user embeddings, windows of L inputs and T
 targets, BCE with negatives outside the user's history), atrank and miir
-(peterrec.tasks.side_info, with item side information --item_data/--item_fields;
+(peterrec.recipes.atrank / .miir, with item side information --item_data/--item_fields;
 flags left unset keep the originals' defaults; atrank --behaviour_field for
 multi-behaviour ATRank, miir --pretrained checkpoints/pretrain-miir after
 pipelines.pretrain --backbone miir). Every

@@ -45,7 +45,7 @@ LAYERS = (
     ("export", ("peterrec.export", "peterrec.patches", "peterrec.serving", "peterrec.inference", "peterrec.checkpoint_tf1",
                 "peterrec.tf1")),
     ("experiment", ("peterrec.jobs", "peterrec.runner")),
-    ("jobs", ("peterrec.pretraining", "peterrec.finetuning", "peterrec.evaluation", "peterrec.tasks.side_info",
+    ("jobs", ("peterrec.pretraining", "peterrec.finetuning", "peterrec.evaluation", "peterrec.side_info",
               "peterrec.augment.casr", "peterrec.tuning", "peterrec.benchmarking", "peterrec.benchmark_protocol",
               "peterrec.benchmark_report", "peterrec.recbole_timing")),
     ("recipes", ("peterrec.recipes.*",)),
@@ -63,8 +63,11 @@ def _library():
 
 
 def _peterrec_imports(path, modules):
-    """The library modules ``path`` imports (``from pkg import sub`` counts as ``pkg.sub`` when that is a module)."""
+    """The library modules ``path`` imports at run time (``from pkg import sub`` counts as ``pkg.sub`` when that is a module)."""
     tree = ast.parse(path.read_text())
+    for block in ast.walk(tree):  # imports under ``if TYPE_CHECKING:`` never run: not counted
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
+            block.body = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names if alias.name in modules)

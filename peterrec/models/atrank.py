@@ -43,7 +43,7 @@ vocabulary in chunks of ``candidate_chunk`` (full ranking).
 
 Initialisers are TF1's defaults: Glorot-uniform for tables and kernels,
 zero biases. The task and input pipelines are in ``peterrec.tasks.atrank``;
-``ATRankConfig``, ``build_atrank_job`` and ``run_atrank`` (``peterrec.tasks.side_info``)
+``ATRankConfig``, ``build_atrank_job`` and ``run_atrank`` (``peterrec.recipes.atrank``)
 make it a training job.
 """
 

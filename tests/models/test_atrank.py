@@ -15,7 +15,9 @@ from peterrec.errors import ConfigError, DataError
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED
 from peterrec.models.atrank import ATRank, ATRankBlock, time_bucket
 from peterrec.tasks import atrank as tasks
-from peterrec.tasks.side_info import ATRankConfig, JobTrainer, build_atrank_job, pair_auc, prepare, run_atrank
+from peterrec.recipes.atrank import ATRankConfig, build_atrank_job, run_atrank
+from peterrec.side_info import pair_auc, prepare
+from peterrec.training import Trainer as JobTrainer  # (a Trainer with the job's metric_fn)
 
 V = 30
 SPEC = [{"name": "cat", "kind": "token", "size": 6, "width": 1}, {"name": "tags", "kind": "token_seq", "size": 5, "width": 2}]

@@ -14,7 +14,9 @@ from peterrec.errors import ConfigError
 from peterrec.features import ITEM_IDS, LABELS, MASK_ID, PAD_ID, SAMPLE_WEIGHT
 from peterrec.models.miir import MIIR, attention_mask, sfsa_mask
 from peterrec.tasks import miir as tasks
-from peterrec.tasks.side_info import JobTrainer, MIIRConfig, build_miir_job, prepare, run_miir, sampled_metrics
+from peterrec.recipes.miir import MIIRConfig, build_miir_job, run_miir
+from peterrec.side_info import prepare, sampled_metrics
+from peterrec.training import Trainer as JobTrainer  # (a Trainer with the job's metric_fn)
 from peterrec.training import PopularityScorer
 
 V = 24
