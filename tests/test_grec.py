@@ -46,9 +46,9 @@ def test_masking_rule_on_a_large_sample():
     np.testing.assert_array_equal(out[LABELS], ids)
     assert not np.any(chosen & ~real)  # pads are never chosen
     np.testing.assert_array_equal(out[ITEM_IDS][~chosen], ids[~chosen])  # only chosen positions change
-    expected = [min(30, max(1, round(0.3 * w))) for w in lengths]
+    expected = [min(30, max(1, int(np.floor(0.3 * w + 0.5)))) for w in lengths]  # half away from zero (Python 2's round)
     np.testing.assert_array_equal(chosen.sum(axis=1), expected)
-    assert dataset.num_masked(5) == 2 and dataset.num_masked(15) == 4 and dataset.num_masked(1) == 1 and dataset.num_masked(200) == 30
+    assert dataset.num_masked(5) == 2 and dataset.num_masked(15) == 5 and dataset.num_masked(1) == 1 and dataset.num_masked(200) == 30
     new, old = out[ITEM_IDS][chosen], ids[chosen]
     shares = {"mask": np.mean(new == MASK_ID), "keep": np.mean(new == old), "random": np.mean((new != MASK_ID) & (new != old))}
     assert abs(shares["mask"] - 0.8) < 0.01 and abs(shares["keep"] - 0.1) < 0.01 and abs(shares["random"] - 0.1) < 0.01, shares
@@ -65,10 +65,24 @@ def test_masking_rule_on_a_large_sample():
     assert not np.array_equal(other[SAMPLE_WEIGHT], out[SAMPLE_WEIGHT])
 
 
+def test_mask_count_rounds_half_away_from_zero_as_the_original():
+    """The original's Python 2 round(0.3 * w): 15 items -> 5 masks (round half to even would give 4), in the
+    Python twin and in the TF masking itself."""
+    halves = {5: 2, 15: 5, 25: 8, 35: 11, 55: 17, 75: 23, 95: 29}
+    for w, count in halves.items():
+        assert dataset.num_masked(w) == count, w
+    max_len = 100
+    lengths = np.array(list(halves), np.int32)
+    ids = np.where(np.arange(max_len)[None, :] < lengths[:, None], NUM_RESERVED, PAD_ID).astype(np.int32)
+    out = _mask(ids, lengths, [3, 9], 50)
+    np.testing.assert_array_equal((out[SAMPLE_WEIGHT] > 0).sum(axis=1), list(halves.values()))
+    assert dataset.round_half_away(4.5) == 5 and dataset.round_half_away(4.499999) == 4 and dataset.round_half_away(7.5) == 8
+
+
 def test_mask_prob_and_max_predictions():
     ids, lengths = _random_chunks(500, 60, 100, seed=1)
     out = _mask(ids, lengths, [1, 1], 100, mask_prob=0.5, max_predictions=7)
-    np.testing.assert_array_equal((out[SAMPLE_WEIGHT] > 0).sum(axis=1), [min(7, max(1, round(0.5 * w))) for w in lengths])
+    np.testing.assert_array_equal((out[SAMPLE_WEIGHT] > 0).sum(axis=1), [min(7, max(1, int(np.floor(0.5 * w + 0.5)))) for w in lengths])
 
 
 # ---------------------------------------------------------------- chunks over a TFRecord set
@@ -248,6 +262,10 @@ def test_positional_embedding_is_concatenated_and_trains(small_world, tmp_path):
     out = backbone(np.array([[5, 6, 7, 0, 0]], dtype="int32"))
     assert out.shape == (1, 5, 16) and backbone.output_dim == 16
     assert "position_embedding/embeddings" in [w.path for w in backbone.weights]
+    # the original's initialiser: tf.get_variable without one = Glorot uniform, limit sqrt(6 / (rows + dim))
+    table = next(w for w in backbone.weights if w.path == "position_embedding/embeddings").numpy()
+    limit = np.sqrt(6.0 / (10 + 8))
+    assert np.abs(table).max() <= limit and np.abs(table).max() > 0.8 * limit and abs(table.std() - limit / np.sqrt(3)) < 0.25 * limit
     clone = _keras.saving.deserialize_keras_object(_keras.saving.serialize_keras_object(backbone))
     clone.set_weights(backbone.get_weights())
     np.testing.assert_allclose(np.asarray(clone(np.array([[5, 6, 7, 0, 0]], dtype="int32"))), np.asarray(out), atol=1e-6)

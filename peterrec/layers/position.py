@@ -5,17 +5,17 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from peterrec.layers.dilated_block import conv_initializer
-
 
 @keras.saving.register_keras_serializable(package="peterrec")
 class ConcatPositionEmbedding(keras.layers.Layer):
     """``[x, P[0..T-1]]`` along channels: ``[B, T, C]`` -> ``[B, T, C + dim]``.
 
     As the original GRec encoder's ``--has_positionalembedding``: a learned
-    ``[max_positions, dim]`` table (truncated normal 0.02) concatenated, not
-    added, to the item embeddings. Position 0 is the first column of the
-    input; positions beyond ``max_positions - 1`` reuse the last row.
+    ``[max_positions, dim]`` table concatenated, not added, to the item
+    embeddings, initialised as the original's (``tf.get_variable`` without an
+    initializer: Glorot uniform, fan-in ``max_positions``, fan-out ``dim``).
+    Position 0 is the first column of the input; positions beyond
+    ``max_positions - 1`` reuse the last row.
     """
 
     def __init__(self, max_positions, dim, **kwargs):
@@ -24,7 +24,7 @@ class ConcatPositionEmbedding(keras.layers.Layer):
         self.dim = int(dim)
 
     def build(self, input_shape):
-        self.table = self.add_weight(shape=(self.max_positions, self.dim), initializer=conv_initializer(), name="embeddings")
+        self.table = self.add_weight(shape=(self.max_positions, self.dim), initializer=keras.initializers.GlorotUniform(), name="embeddings")
         super().build(input_shape)
 
     def call(self, x):
