@@ -115,16 +115,18 @@ def main():
                         tfrecord_dir=os.path.join(args.work_dir, "tfrecords"), model_dir=model_dir, verbose=0,
                         **VARIANT_OPTIONS.get(option, {}),
                     )
+                    causal = backbone == "nextitnet"
                     if option in ("sep", "meannorm"):
-                        plain = finetuning.FinetuneConfig(task=kind(task))
-                        if (cfg.resolved_pooling(), cfg.resolved_user_norm()) == (plain.resolved_pooling(), plain.resolved_user_norm()):
+                        plain = finetuning.FinetuneConfig(task=kind(task), finetune_mode=mode)
+                        if (cfg.resolved_pooling(causal), cfg.resolved_user_norm()) == (plain.resolved_pooling(causal), plain.resolved_user_norm()):
                             continue  # the task's default user vector: the row without the option is this run
                     if args.cached_only and not os.path.exists(os.path.join(model_dir, "metrics.json")):
                         continue
                     m, job_seconds = load_or_run(cfg, model_dir)
                     if (task, seed) not in baselines and not args.skip_baselines:
                         t0 = time.perf_counter()
-                        context_len = int(json.load(open(os.path.join(model_dir, "job_config.json")))["max_len"]) - 1
+                        job_max_len = int(json.load(open(os.path.join(model_dir, "job_config.json")))["max_len"])
+                        context_len = job_max_len - cfg.context_slots(causal)
                         test, c = logistic_regression(m, task, seed, context_len)
                         baselines[(task, seed)] = {"logistic_regression": test, "C": c, "lr_seconds": time.perf_counter() - t0,
                                                    "popularity": m["popularity"]["test"], "test_users": m["test"]["users"]}

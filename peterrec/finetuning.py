@@ -21,12 +21,12 @@ import numpy as np
 
 from peterrec import export, patches, runner
 from peterrec.backbones.nextitnet import NextItNetBackbone
-from peterrec.data import convert_write, finetune_dataset
+from peterrec.data import convert_write, dataset, finetune_dataset
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import DataError, ExportError
 from peterrec.features import LABELS, NUM_RESERVED
 from peterrec.jobs import JobConfig, check, count_params
-from peterrec.tasks.transfer import LOSSES, POOLINGS, SAMPLERS, TASK_TYPES, TransferTask
+from peterrec.tasks.transfer import LOSSES, NO_SEPARATOR, POOLINGS, SAMPLERS, TASK_TYPES, TransferTask
 from peterrec.training import Trainer, TrainInputs
 
 MODES = ("peterrec", "fineall", "finelast", "finecls", "scratch")
@@ -46,24 +46,27 @@ class FinetuneConfig(JobConfig):
     tfrecord_dir: str = "tfrecords"
     model_dir: str | None = None
     task: str = "items"
-    insertion: str = "serial"
+    insertion: str | None = None  # default: serial on a causal backbone, parallel on a non-causal one (the original's scripts)
     finetune_mode: str = "peterrec"
     patch_dim: int | None = None
     patch_zero_init: bool = False
     parallel_identity: bool = True  # the original's identity inside parallel patches (False: conv(x) + f(x))
-    # User vector. Default: the original's (output at the separator, no norm) for items; for classes the mean over the
-    # source items' outputs with a LayerNorm, which learns on small real data where the original's head does not (fidelity f11).
-    pooling: str | None = None  # "sep" | "mean"
+    # User vector. Default: the original's for items (PeterRec modes: the output at the separator(s), no norm; FineAll: the
+    # last real item's output (causal) or the mean over the source items (non-causal), no separator); for classes the mean
+    # over the source items' outputs with a LayerNorm, which learns on small real data where the original's head does not
+    # (fidelity f11).
+    pooling: str | None = None  # "sep" | "mean" | "last" | "mean_nosep"
     user_norm: bool | None = None
     head_warmup_epochs: int = 0  # epochs in which only the task side learns before the backbone unfreezes (0 = original)
     loss: str | None = None  # default: bce with uniform negatives, bpr with the lambdafm sampler
     sampler: str = "uniform"
     rho: float = 0.3
     l2: float = 0.01
-    eval_protocol: str | None = None  # items: sampled (the paper's); classify: full over classes
+    eval_protocol: str | None = None  # items: sampled (the paper's), full with --sampler lambdafm (the original's); classify: full over classes
     num_negatives: int = 99
     epochs: int = 20
-    max_len: int | None = None  # default: the export's max_len + 1 (room for the separator)
+    max_len: int | None = None  # default: the export's max_len + the separator slots (the original's L source items)
+    shuffle: str = "epoch"  # "once": the original's one permutation for every epoch, last partial batch dropped
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     num_shards: int = 8
@@ -72,11 +75,17 @@ class FinetuneConfig(JobConfig):
     def validate(self):
         self.validate_common()
         check(self.task in TASK_TYPES, "task", f"{self.task!r} is not one of {', '.join(TASK_TYPES)}")
-        check(self.insertion in INSERTIONS, "insertion", f"{self.insertion!r} is not one of {', '.join(INSERTIONS)}")
+        check(self.insertion is None or self.insertion in INSERTIONS, "insertion", f"{self.insertion!r} is not one of {', '.join(INSERTIONS)}")
         check(self.finetune_mode in MODES, "finetune_mode", f"{self.finetune_mode!r} is not one of {', '.join(MODES)}")
         check(self.loss is None or self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)} for finetuning")
         check(self.pooling is None or self.pooling in POOLINGS, "pooling", f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
         check(self.sampler in SAMPLERS, "sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        check(self.shuffle in dataset.SHUFFLES, "shuffle", f"{self.shuffle!r} is not one of {', '.join(dataset.SHUFFLES)}")
+        check(
+            not (self.finetune_mode == "finecls" and self.pooling in NO_SEPARATOR),
+            "pooling",
+            f"{self.pooling} feeds no separator, and finecls trains only the separator's embedding",
+        )
         check(self.eval_protocol in (None, "sampled", "full"), "eval_protocol", f"{self.eval_protocol!r} is not sampled or full")
         check(0.0 <= self.max_oov_share <= 1.0, "max_oov_share", f"must be in [0, 1], got {self.max_oov_share}")
         check(self.max_len is None or self.max_len >= 3, "max_len", f"must be >= 3, got {self.max_len}")
@@ -98,14 +107,31 @@ class FinetuneConfig(JobConfig):
     def resolved_loss(self):
         return self.loss or ("bpr" if self.sampler == "lambdafm" else "bce")
 
-    def resolved_pooling(self):
-        return self.pooling or ("mean" if self.task == "classify" else "sep")
+    def resolved_insertion(self, causal=True):
+        """serial on a causal backbone; parallel on a non-causal one (the original has no non-causal serial script)."""
+        return self.insertion or ("serial" if causal else "parallel")
+
+    def resolved_pooling(self, causal=True):
+        if self.pooling:
+            return self.pooling
+        if self.task == "classify":
+            return "mean"
+        if self.finetune_mode == "fineall":  # NextitNet_TF_FineAll / GRec_TF_FineAll feed the source items alone
+            return "last" if causal else "mean_nosep"
+        return "sep"
+
+    def context_slots(self, causal=True):
+        """Separator tokens around the source items (as ``TransferTask.context_slots``)."""
+        if self.resolved_pooling(causal) in NO_SEPARATOR:
+            return 0
+        return 1 if causal else 2
 
     def resolved_user_norm(self):
         return self.task == "classify" if self.user_norm is None else bool(self.user_norm)
 
     def resolved_protocol(self):
-        return self.eval_protocol or ("full" if self.task == "classify" else "sampled")
+        """classes: full; items: sampled (the paper's), but full with the lambdafm sampler (its original script ranks all items)."""
+        return self.eval_protocol or ("full" if self.task == "classify" or self.sampler == "lambdafm" else "sampled")
 
 
 def load_backbone_export(path):
@@ -130,7 +156,7 @@ def build_backbone(backbone_config, cfg, weights_path):
     config.pop("name", None)
     peterrec_mode = cfg.finetune_mode == "peterrec"
     config.update(
-        patch_mode=cfg.insertion if peterrec_mode else None,
+        patch_mode=cfg.resolved_insertion(config.get("causal", True)) if peterrec_mode else None,
         patch_dim=cfg.patch_dim if peterrec_mode else None,
         patch_zero_init=cfg.patch_zero_init if peterrec_mode else False,
         parallel_identity=cfg.parallel_identity,
@@ -179,8 +205,8 @@ def prepare_data(cfg, vocab):
     return set_dir, metadata, target_vocab, oov_share
 
 
-def default_model_dir(cfg, backbone_name):
-    return os.path.join("checkpoints", f"finetune-{backbone_name}-{cfg.insertion}-{cfg.finetune_mode}-{cfg.task}")
+def default_model_dir(cfg, backbone_name, causal=True):
+    return os.path.join("checkpoints", f"finetune-{backbone_name}-{cfg.resolved_insertion(causal)}-{cfg.finetune_mode}-{cfg.task}")
 
 
 def macro_f1(task, dataset):
@@ -206,9 +232,12 @@ def run(cfg: FinetuneConfig):
     cfg.validate()
     keras.utils.set_random_seed(cfg.seed)
     export_dir, pre_config, vocab = load_backbone_export(cfg.pretrained)
-    backbone_name = pre_config.get("backbone_name") or ("nextitnet" if pre_config["backbone"]["config"].get("causal", True) else "grec")
-    max_len = cfg.max_len or int(pre_config["max_len"]) + 1
-    model_dir = cfg.model_dir or default_model_dir(cfg, backbone_name)
+    causal = pre_config["backbone"]["config"].get("causal", True)
+    backbone_name = pre_config.get("backbone_name") or ("nextitnet" if causal else "grec")
+    slots = cfg.context_slots(causal)
+    max_len = cfg.max_len or int(pre_config["max_len"]) + slots  # the export's max_len source items, as the original's L
+    check(max_len - slots >= 1, "max_len", f"leaves no source item beside the {slots} separator(s), got {max_len}")
+    model_dir = cfg.model_dir or default_model_dir(cfg, backbone_name, causal)
     set_dir, metadata, target_vocab, oov_share = prepare_data(cfg, vocab)
     weights_path = os.path.join(export_dir, export.BACKBONE_WEIGHTS)
     record = dataclasses.asdict(cfg) | {
@@ -216,8 +245,9 @@ def run(cfg: FinetuneConfig):
         "backbone_sha256": patches.backbone_reference(export_dir),
         "data_set": os.path.basename(set_dir),
         "max_len": max_len,
+        "insertion": cfg.resolved_insertion(causal),
     }
-    record.update(pooling=cfg.resolved_pooling(), user_norm=cfg.resolved_user_norm())
+    record.update(pooling=cfg.resolved_pooling(causal), user_norm=cfg.resolved_user_norm())
     for name, default in (("head_warmup_epochs", 0), ("pooling", "sep"), ("user_norm", False)):
         if record[name] == default:
             record.pop(name)  # runs from before the option still resume
@@ -236,16 +266,16 @@ def run(cfg: FinetuneConfig):
             target_counts=target_vocab.counts,
             finetune_mode=cfg.finetune_mode,
             head_warmup_steps=cfg.head_warmup_epochs * steps,
-            pooling=cfg.resolved_pooling(),
+            pooling=cfg.resolved_pooling(causal),
             user_norm=cfg.resolved_user_norm(),
         )
 
-    causal = pre_config["backbone"]["config"].get("causal", True)
-    context_len = max_len - (1 if causal else 2)
-    steps = finetune_dataset.steps_per_epoch(metadata, cfg.batch_size)
+    context_len = max_len - slots
+    steps = finetune_dataset.steps_per_epoch(metadata, cfg.batch_size, cfg.shuffle)
     inputs = TrainInputs(
         train=lambda epoch, skip, ctx: finetune_dataset.train_pairs(
-            set_dir, context_len=context_len, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch, skip_steps=skip, input_context=ctx
+            set_dir, context_len=context_len, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch, skip_steps=skip,
+            shuffle=cfg.shuffle, input_context=ctx,
         ),
         evaluate=lambda split, ctx: finetune_dataset.eval_pairs(set_dir, split, context_len=context_len, batch_size=cfg.eval_batch_size, input_context=ctx),
         steps_per_epoch=steps,
@@ -270,7 +300,8 @@ def run(cfg: FinetuneConfig):
         **evaluation,
         "task": cfg.task,
         "finetune_mode": cfg.finetune_mode,
-        "insertion": cfg.insertion if cfg.finetune_mode == "peterrec" else None,
+        "insertion": cfg.resolved_insertion(causal) if cfg.finetune_mode == "peterrec" else None,
+        "pooling": cfg.resolved_pooling(causal),
         "backbone": backbone_name,
         "eval_protocol": cfg.resolved_protocol(),
         **runner.fit_metrics(result, eval_seconds),

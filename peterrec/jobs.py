@@ -16,7 +16,7 @@ from peterrec.training import TrainConfig, locking
 
 JOB_CONFIG = "job_config.json"
 # Fields newer than some job_config.json files: a missing key there means this default (the run still resumes).
-ADDED_FIELDS = {"mixed_precision": False}
+ADDED_FIELDS = {"mixed_precision": False, "shuffle": "epoch"}
 # Fields that may change between a run and its resumption without invalidating checkpoints.
 # (the data's identity is compared through the content-hashed TFRecord set name and the vocabulary hash,
 # not through the path it was given by)

@@ -108,6 +108,7 @@ class PretrainConfig(runner.DataConfig):
     max_len: int = 50
     stride: int = 10
     eval_protocol: str = "full"
+    shuffle: str = "epoch"  # "once": the original's one permutation for every epoch, last partial batch dropped
 
     @property
     def recipe(self):
@@ -153,6 +154,7 @@ class PretrainConfig(runner.DataConfig):
         check(len(self.dilations) >= 1 and min(self.dilations) >= 1, "dilations", f"need positive ints, got {self.dilations}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.eval_protocol in ("full", "sampled"), "eval_protocol", f"{self.eval_protocol!r} is not full or sampled")
+        check(self.shuffle in dataset.SHUFFLES, "shuffle", f"{self.shuffle!r} is not one of {', '.join(dataset.SHUFFLES)}")
         if self.is_cloze:
             check(0.0 < self.mask_prob <= 1.0, "mask_prob", f"must be in (0, 1], got {self.mask_prob}")
             check(self.max_predictions >= 1, "max_predictions", f"must be >= 1, got {self.max_predictions}")
@@ -215,20 +217,20 @@ def build_inputs(set_dir, metadata, cfg):
     """``TrainInputs``: next-item windows (``max_len`` items every ``stride``), or for the GRec encoder masked
     chunks (scored with the end mask); the same evaluation rows for both."""
     if cfg.is_cloze:
-        steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
+        steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size, cfg.shuffle)
         targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
         train_dataset, train_settings = dataset.cloze_train_dataset, dict(
             vocabulary_size=int(metadata["vocab_size"]), mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions
         )
     else:
-        steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size)
+        steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size, cfg.shuffle)
         targets = dataset.num_train_targets(metadata)
         train_dataset, train_settings = dataset.train_dataset, dict(stride=cfg.stride, pad_as_item=cfg.pad_as_item)
 
     def train_fn(epoch, skip_steps, ctx):
         return train_dataset(
             set_dir, max_len=cfg.max_len, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch, skip_steps=skip_steps,
-            input_context=ctx, **train_settings,
+            shuffle=cfg.shuffle, input_context=ctx, **train_settings,
         )
 
     def eval_fn(split, ctx):

@@ -18,19 +18,24 @@ common.define_data_flags()
 common.define_train_flags()
 flags.DEFINE_string("pretrained", "checkpoints/pretrain-nextitnet/export", "Pretraining export directory.")
 flags.DEFINE_enum("task", "items", ["items", "classify"], "Target items (cold start) or user-profile classes.")
-flags.DEFINE_enum("insertion", "serial", ["serial", "parallel"], "Where the model patches go (PeterRec mode).")
+flags.DEFINE_enum("insertion", None, ["serial", "parallel"], "Where the model patches go (PeterRec mode; default: serial on a "
+                  "causal NextItNet export, parallel on a non-causal GRec one, as the original's scripts).")
 flags.DEFINE_enum("finetune_mode", "peterrec", ["peterrec", "fineall", "finelast", "finecls", "scratch"], "What is trained.")
 flags.DEFINE_integer("patch_dim", None, "Patch bottleneck width (default: channels / 4).", lower_bound=1)
 flags.DEFINE_bool("parallel_identity", True, "Keep the original's identity inside parallel patches; --noparallel_identity "
                   "computes conv(x) + f(x) (with --patch_zero_init: exactly the pretrained network at init).")
 flags.DEFINE_integer("head_warmup_epochs", 0, "fineall/finelast/scratch: train only the new target table for this many epochs "
                      "before the backbone unfreezes (linear probing, then finetuning; 0 = the original).", lower_bound=0)
-flags.DEFINE_enum("pooling", None, ["sep", "mean"], "User vector: the output at the separator (the original's) or the mean of "
-                  "the source items' outputs (default: sep for --task items, mean for classify).")
+flags.DEFINE_enum("pooling", None, ["sep", "mean", "last", "mean_nosep"], "User vector: sep = the output at the separator(s) "
+                  "(the original PeterRec scripts'); mean = the mean of the source items' outputs; without any separator in the "
+                  "input: last = the last real item's output (the original NextItNet FineAll's), mean_nosep = the mean over the "
+                  "source items (the original GRec FineAll's). Default: for --task items sep, but with --finetune_mode fineall last "
+                  "(causal) or mean_nosep (non-causal); mean for classify.")
 flags.DEFINE_bool("user_norm", None, "LayerNorm on the user vector before the target table, trained with it (default: off for "
                   "--task items as in the original, on for classify).")
 flags.DEFINE_bool("patch_zero_init", False, "Zero-initialise the patches' up-projection (serial = exact pretrained function at init).")
-flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task.")
+flags.DEFINE_enum("sampler", "uniform", ["uniform", "lambdafm"], "Negative sampler for the item task (lambdafm: BPR and, as the "
+                  "original's LambdaFM script, full-ranking evaluation unless --eval_protocol says otherwise).")
 flags.DEFINE_float("rho", 0.3, "LambdaFM popularity-rank sampler parameter.", lower_bound=1e-6)
 flags.DEFINE_float("l2", 0.01, "L2 weight on the target table.", lower_bound=0.0)
 flags.DEFINE_float("max_oov_share", 0.5, "Fail when more source items than this share are unknown to the backbone.", lower_bound=0.0, upper_bound=1.0)

@@ -117,7 +117,8 @@ def define_train_flags():
     flags.DEFINE_integer(
         "stride", 10, "Shift between training windows; each target keeps >= max_len - stride items of context.", lower_bound=1
     )
-    flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation MRR@10.", lower_bound=0)
+    flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better value of the job's validation metric "
+                         "(pretraining: MRR@10; finetuning: MRR@5 for items, log-loss for classes).", lower_bound=0)
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step (not with sampled softmax).")
     flags.DEFINE_bool(
         "mixed_precision", False,
@@ -130,12 +131,18 @@ def define_train_flags():
                        "value (a diverging learning rate); 0 = off.", lower_bound=0.0)
     flags.DEFINE_enum(
         "eval_protocol", None, ["full", "sampled"],
-        "full: rank over all items (pretraining default); sampled: 1 target + 99 uniform negatives (finetuning items default).",
+        "full: rank over all items (pretraining default; finetuning with --sampler lambdafm); sampled: 1 target + 99 uniform "
+        "negatives (finetuning items default).",
     )
     flags.DEFINE_enum(
         "loss", None, ["full_softmax", "sampled_softmax", "bce", "bpr"],
         "Pretraining / train: full_softmax (default), sampled_softmax, or bce / bpr with one uniform negative per position. "
         "Finetuning: bce with 1 negative (default) or bpr (default with --sampler lambdafm).",
+    )
+    flags.DEFINE_enum(
+        "shuffle", None, ["epoch", "once"],
+        "NextItNet / GRec / zoo pretraining and finetuning: epoch (default) reshuffles the training rows every epoch and fills the "
+        "last batch from the next pass; once is the original's: one seeded permutation for every epoch, last partial batch dropped.",
     )
     flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc address (--strategy tpu).")

@@ -183,14 +183,34 @@ def test_lambdafm_probabilities_map_ranks_to_ids():
     probs = lambdafm_probabilities(counts, rho=0.3)
     assert np.all(probs[:NUM_RESERVED] == 0) and abs(probs.sum() - 1) < 1e-12
     order = [5, 7, 4, 6]  # by popularity
-    weights = np.exp(-(np.arange(4) + 1) / (0.3 * 8))
+    weights = np.exp(-(np.arange(4) + 1) / (0.3 * 5))  # T = the original's len(target_dict): 4 targets + <UNK>
     np.testing.assert_allclose(probs[order], weights / weights.sum())
 
 
 def test_bpr_lambdafm_and_full_eval_run(small_world, pretrained):
-    cfg = _finetune(small_world, pretrained, "bpr", loss="bpr", sampler="lambdafm", eval_protocol="full", epochs=1)
+    cfg = _finetune(small_world, pretrained, "bpr", sampler="lambdafm", epochs=1)  # bpr and the full ranking are its defaults
     metrics = finetuning.run(cfg)
-    assert metrics["eval_protocol"] == "full" and np.isfinite(metrics["test"]["mrr@5"])
+    assert cfg.resolved_loss() == "bpr" and metrics["eval_protocol"] == "full" and np.isfinite(metrics["test"]["mrr@5"])
+
+
+def test_shuffle_once_reuses_one_order_and_drops_the_last_partial_batch(serial_run):
+    """--shuffle once: the original's single seeded permutation (every epoch the same batches), batch b used only while
+    (b + 1) * B < N; the default draws a new order every epoch and fills the last batch."""
+    _, metrics = serial_run
+    set_dir = metrics["data"]["set_dir"]
+    meta = finetune_dataset.set_metadata(set_dir)
+    pairs = finetune_dataset.num_pairs(meta, "train")
+    assert finetune_dataset.steps_per_epoch(meta, 32, "once") == (pairs - 1) // 32
+    assert finetune_dataset.steps_per_epoch(meta, 32) == -(-pairs // 32)
+    assert finetune_dataset.steps_per_epoch({"target_pairs": {"train": 96}}, 32, "once") == 2  # the original drops a full last one too
+
+    def order(epoch, shuffle):
+        ds = finetune_dataset.train_pairs(set_dir, context_len=20, batch_size=32, steps=4, seed=3, epoch=epoch, shuffle=shuffle)
+        return np.concatenate([np.stack([b["user"].numpy(), b["labels"].numpy()], 1) for b in ds])
+
+    np.testing.assert_array_equal(order(0, "once"), order(1, "once"))
+    np.testing.assert_array_equal(order(0, "once"), order(0, "epoch"))  # the one order is epoch 0's
+    assert not np.array_equal(order(0, "epoch"), order(1, "epoch"))
 
 
 def test_bad_inputs(small_world, pretrained, tmp_path):
@@ -269,14 +289,20 @@ def test_one_backbone_many_patches_cli(serial_run, pretrained, small_world, tmp_
     assert all(row.split(",")[2].startswith("t") for row in first.splitlines()[1:4])  # target-domain ids
 
 
-@pytest.mark.parametrize("insertion", ["serial", "parallel"])
+@pytest.mark.parametrize("insertion", ["serial", None])
 def test_non_causal_grec_backbone_finetunes(small_world, tmp_path_factory, insertion):
     tmp = tmp_path_factory.mktemp(f"grec-{insertion}")
     pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
                                                      model_dir=str(tmp / "pre"), **dict(TINY_PRE, epochs=1)))
     metrics = finetuning.run(_finetune(small_world, (pre["export_dir"], tmp), "fine", insertion=insertion, epochs=1))
-    assert metrics["backbone"] == "grec" and metrics["insertion"] == insertion
+    # unset: parallel, as every non-causal script of the original (it has no non-causal serial one)
+    assert metrics["backbone"] == "grec" and metrics["insertion"] == (insertion or "parallel")
+    job = json.load(open(os.path.join(tmp, "fine", "job_config.json")))
+    # [MASK, src_1..src_L, MASK]: the export's max_len source items, as the original's [0, src, 0] holds its L items
+    assert job["max_len"] == TINY_PRE["max_len"] + 2 and job["insertion"] == (insertion or "parallel")
     assert "checkpoints" not in metrics["export_dir"] and np.isfinite(metrics["test"]["mrr@5"])
     loaded = export.load_export(metrics["export_dir"])
     assert loaded.task.context_slots == 2 and not loaded.task.backbone.causal
+    assert loaded.max_len - loaded.task.context_slots == TINY_PRE["max_len"]
+    assert loaded.task.backbone.patch_mode == (insertion or "parallel")
     assert loaded.task.separator_id == MASK_ID  # pooled on GRec's trained [MASK], as the original's id 0

@@ -188,6 +188,28 @@ def epoch_batches(ds, batch_size, steps, skip_steps=0, input_context=None):
     return ds.take(steps * per_pipeline).skip(skip_steps * per_pipeline).prefetch(AUTOTUNE)
 
 
+SHUFFLES = ("epoch", "once")
+
+
+def order_seed(seed, epoch, shuffle="epoch"):
+    """Seed of an epoch's data order: ``seed * 1000 + epoch`` (``"epoch"``: a new order every epoch), or
+    ``seed * 1000`` for every epoch (``"once"``: the original's one permutation, reused by every epoch)."""
+    if shuffle not in SHUFFLES:
+        raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
+    return int(seed) * 1000 + (int(epoch) if shuffle == "epoch" else 0)
+
+
+def epoch_steps(examples, batch_size, shuffle="epoch"):
+    """Training steps per epoch over ``examples`` rows: ``ceil(examples / batch_size)`` (``"epoch"``: the last
+    batch is filled from the next pass), or the original's count (``"once"``: batch ``b`` is used only while
+    ``(b + 1) * batch_size < examples``, so the last partial batch is dropped, and the last full one when the
+    batch size divides the examples); at least 1."""
+    examples, batch_size = int(examples), int(batch_size)
+    if shuffle == "once":
+        return max(1, (examples - 1) // batch_size)
+    return max(1, math.ceil(examples / batch_size))
+
+
 def train_dataset(
     set_dir,
     *,
@@ -199,16 +221,18 @@ def train_dataset(
     epoch=0,
     skip_steps=0,
     pad_as_item=False,
+    shuffle="epoch",
     shuffle_buffer=20000,
     input_context=None,
 ):
     """One epoch of ``steps`` training batches of exactly ``batch_size`` windows.
 
-    The windows are shuffled with ``seed + epoch`` and repeated so the last
-    batch is full (a few windows of the next pass fill it); ``skip_steps``
+    The windows are shuffled with ``seed * 1000 + epoch`` (``shuffle="once"``: the same order every epoch,
+    :func:`order_seed`) and repeated so the last batch is full (a few windows of the next pass fill it; with
+    :func:`epoch_steps` ``"once"`` the epoch ends before the last partial batch); ``skip_steps``
     skips the batches a resumed job already trained on.
     """
-    epoch_seed = int(seed) * 1000 + int(epoch)
+    epoch_seed = order_seed(seed, epoch, shuffle)
     ds = _records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
     ds = ds.map(train_items, num_parallel_calls=AUTOTUNE).filter(lambda items: tf.size(items) >= 2)
     ds = ds.flat_map(lambda items: tf.data.Dataset.from_tensor_slices(_windows(items, max_len, stride, pad_as_item)))
@@ -249,8 +273,8 @@ def num_train_targets(metadata):
     return sum(users * max(n - 1, 0) for n, users in training_lengths(metadata).items())
 
 
-def steps_per_epoch(metadata, max_len, stride, batch_size):
-    return max(1, math.ceil(num_train_windows(metadata, max_len, stride) / batch_size))
+def steps_per_epoch(metadata, max_len, stride, batch_size, shuffle="epoch"):
+    return epoch_steps(num_train_windows(metadata, max_len, stride), batch_size, shuffle)
 
 
 # ---------------------------------------------------------------- cloze (GRec) chunks
@@ -354,6 +378,7 @@ def cloze_train_dataset(
     vocabulary_size,
     mask_prob=0.3,
     max_predictions=30,
+    shuffle="epoch",
     shuffle_buffer=20000,
     input_context=None,
 ):
@@ -366,16 +391,19 @@ def cloze_train_dataset(
     an epoch's masks are a function of ``(seed, epoch)``: re-running gives
     the same batches, and ``skip_steps`` resumes the identical stream.
     Chunks are shuffled with ``seed * 1000 + epoch`` and repeated so the last
-    batch is full, as in :func:`train_dataset`.
+    batch is full, as in :func:`train_dataset`; ``shuffle="once"`` keeps the
+    order of epoch 0 (the masks are still drawn anew every epoch, as the
+    original's).
     """
     if not 0.0 < mask_prob <= 1.0:
         raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
     if max_predictions < 1:
         raise ValueError(f"max_predictions must be >= 1, got {max_predictions}")
-    epoch_seed = int(seed) * 1000 + int(epoch)
+    epoch_seed = int(seed) * 1000 + int(epoch)  # the masks
+    shuffle_seed = order_seed(seed, epoch, shuffle)  # the order
     num_pipelines = input_context.num_input_pipelines if input_context is not None else 1
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
-    ds = _records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
+    ds = _records(set_dir, shuffle_seed=shuffle_seed, input_context=input_context)
     ds = ds.map(train_items, num_parallel_calls=AUTOTUNE).filter(lambda items: tf.size(items) >= 1).enumerate()
 
     def chunk_and_mask(index, items):
@@ -386,7 +414,7 @@ def cloze_train_dataset(
         )
 
     ds = ds.map(chunk_and_mask, num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
-    ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
+    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).repeat()
     return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 
 
@@ -403,5 +431,5 @@ def num_cloze_targets(metadata, max_len, mask_prob=0.3, max_predictions=30):
     )
 
 
-def cloze_steps_per_epoch(metadata, max_len, batch_size):
-    return max(1, math.ceil(num_cloze_chunks(metadata, max_len) / batch_size))
+def cloze_steps_per_epoch(metadata, max_len, batch_size, shuffle="epoch"):
+    return epoch_steps(num_cloze_chunks(metadata, max_len), batch_size, shuffle)

@@ -15,12 +15,10 @@ Roles: ``ROLE_TRAIN`` (and ``ROLE_LOO``) users' pairs train; ``ROLE_VALID`` and
 
 from __future__ import annotations
 
-import math
-
 import tensorflow as tf
 
 from peterrec.data import tfrecord
-from peterrec.data.dataset import AUTOTUNE, _records, epoch_batches, per_replica_batch_size
+from peterrec.data.dataset import AUTOTUNE, _records, epoch_batches, epoch_steps, order_seed, per_replica_batch_size
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID, ROLE_LOO, ROLE_TEST, ROLE_TRAIN, ROLE_VALID
 
 SPLIT_ROLES = {"train": (ROLE_TRAIN, ROLE_LOO), "valid": (ROLE_VALID,), "test": (ROLE_TEST,)}
@@ -55,9 +53,11 @@ def pair_dataset(set_dir, split, *, context_len, batch_size, shuffle_seed=None, 
     return ds.flat_map(lambda r: _pairs(r, context_len))
 
 
-def train_pairs(set_dir, *, context_len, batch_size, steps, seed, epoch=0, skip_steps=0, shuffle_buffer=20000, input_context=None):
-    """One epoch of exactly ``steps`` batches of training pairs (seeded by ``seed`` and ``epoch``)."""
-    epoch_seed = int(seed) * 1000 + int(epoch)
+def train_pairs(set_dir, *, context_len, batch_size, steps, seed, epoch=0, skip_steps=0, shuffle="epoch", shuffle_buffer=20000,
+                input_context=None):
+    """One epoch of exactly ``steps`` batches of training pairs (seeded by ``seed`` and ``epoch``; ``shuffle="once"``:
+    the same order every epoch, as the original's one permutation, see :func:`~peterrec.data.dataset.order_seed`)."""
+    epoch_seed = order_seed(seed, epoch, shuffle)
     ds = pair_dataset(set_dir, "train", context_len=context_len, batch_size=batch_size, shuffle_seed=epoch_seed, input_context=input_context)
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
@@ -77,8 +77,9 @@ def num_pairs(metadata, split):
     return sum(int(pairs.get(name, 0)) for name in names)
 
 
-def steps_per_epoch(metadata, batch_size):
-    return max(1, math.ceil(num_pairs(metadata, "train") / batch_size))
+def steps_per_epoch(metadata, batch_size, shuffle="epoch"):
+    """``ceil(pairs / batch_size)``, or with ``shuffle="once"`` the original's count (last partial batch dropped)."""
+    return epoch_steps(num_pairs(metadata, "train"), batch_size, shuffle)
 
 
 def set_metadata(set_dir):

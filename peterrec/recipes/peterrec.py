@@ -11,6 +11,6 @@ from peterrec.finetuning import FinetuneConfig, run
 
 recipes.register(recipes.Recipe(
     "peterrec", FinetuneConfig, run, layout="target_pairs", causal=False, classification=True, pipeline="finetune", order=9,
-    own_defaults=("epochs", "max_len"),  # finetuning's own: 20 epochs, the export's max_len + 1
+    own_defaults=("epochs", "max_len"),  # finetuning's own: 20 epochs, the export's max_len + the separator slots
     summary="PeterRec: parameter-efficient transfer from a pretrained sequence encoder (items or user classes)",
 ))

@@ -14,7 +14,8 @@ from peterrec.tasks.base import Task
 LOSSES = ("bce", "bpr")
 SAMPLERS = ("uniform", "lambdafm")
 TASK_TYPES = ("items", "classify")
-POOLINGS = ("sep", "mean")
+POOLINGS = ("sep", "mean", "last", "mean_nosep")
+NO_SEPARATOR = ("last", "mean_nosep")  # poolings that feed the source items alone, as the original's FineAll scripts
 
 
 def lambdafm_probabilities(counts, rho=0.3):
@@ -22,7 +23,8 @@ def lambdafm_probabilities(counts, rho=0.3):
 
     Items are ranked by descending training count (rank 0 = most popular,
     ties by id); item of rank r gets weight ``exp(-(r + 1) / (rho * T))`` with T
-    the table size including reserved ids, normalised. The rank -> id mapping is
+    the original's ``len(target_dict)``: the real targets plus its one reserved
+    id (``<UNK>``), not peterrec's ``NUM_RESERVED`` ids; normalised. The rank -> id mapping is
     explicit (the original's ``dict.values()`` ordering bug cannot happen):
     ``probs[id]`` is the probability of that id; reserved ids get 0.
     """
@@ -31,7 +33,8 @@ def lambdafm_probabilities(counts, rho=0.3):
     real = np.arange(NUM_RESERVED, size)
     order = real[np.argsort(-counts[real], kind="stable")]  # ids sorted by popularity
     probs = np.zeros(size)
-    probs[order] = np.exp(-(np.arange(len(order)) + 1) / (rho * size))
+    table = len(real) + 1  # the original's T: its targets and <UNK>
+    probs[order] = np.exp(-(np.arange(len(order)) + 1) / (rho * table))
     return probs / probs.sum()
 
 
@@ -41,7 +44,10 @@ class TransferTask(Task):
 
     Causal backbones read ``[src_1..src_n, SEP]`` and take the output at SEP;
     non-causal ones read ``[SEP, src_1..src_n, SEP]`` and sum the outputs at
-    both separators (peterrec.md §4.4). ``score(u, j) = <u, E_target[j]>``.
+    both separators (peterrec.md §4.4). The original's FineAll scripts feed
+    the source items alone: ``last`` (NextitNet_TF_FineAll) takes the output
+    at the last real item, ``mean_nosep`` (GRec_TF_FineAll) the mean over the
+    source positions. ``score(u, j) = <u, E_target[j]>``.
 
     Losses (per (user, target) example): ``bce`` = -log σ(s⁺) - log(1 - σ(s⁻))
     with one uniform negative target; ``bpr`` = -log σ(s⁺ - s⁻) with the
@@ -57,8 +63,10 @@ class TransferTask(Task):
         l2: weight of the L2 penalty on the target table.
         finetune_mode: "finecls" restricts the backbone's trainable part to the
             SEP embedding row (the other modes are set on the backbone).
-        pooling: "sep" (the original: the output at the separator(s), see above) or
-            "mean" (the mean of the outputs at the source items' positions).
+        pooling: "sep" (the original PeterRec scripts: the output at the separator(s), see above),
+            "mean" (the mean of the outputs at the source items' positions, separators in the input),
+            "last" (no separator: the output at the last real item, the original NextItNet FineAll) or
+            "mean_nosep" (no separator: the mean over the source items' outputs, the original GRec FineAll).
         user_norm: a LayerNormalization (trained with the head) on the user vector before
             scoring. The pooled output of a deep residual CNN has a large norm and a large
             component shared by every user, so an unnormalised dot-product head takes steps
@@ -139,12 +147,31 @@ class TransferTask(Task):
 
     @property
     def context_slots(self):
-        """Separator tokens the task adds around the source items (1 causal, 2 non-causal)."""
+        """Separator tokens the task adds around the source items (1 causal, 2 non-causal, 0 without separator)."""
+        if self.pooling in NO_SEPARATOR:
+            return 0
         return 1 if self.backbone.causal else 2
 
     def user_vector(self, item_ids, lengths, training=False):
         item_ids = tf.cast(item_ids, tf.int32)
         lengths = tf.cast(lengths, tf.int32)
+        if self.pooling in NO_SEPARATOR:
+            user = self._plain_user_vector(item_ids, lengths, training)
+        else:
+            user = self._separator_user_vector(item_ids, lengths, training)
+        if self.user_layer_norm is not None:
+            user = self.user_layer_norm(user)
+        return user
+
+    def _plain_user_vector(self, item_ids, lengths, training):
+        """The source items alone (right-padded): the last real item's output, or the mean over the real items'."""
+        hidden = self.backbone(item_ids, training=training)
+        if self.pooling == "last":
+            return tf.gather(hidden, tf.maximum(lengths - 1, 0), axis=1, batch_dims=1)
+        real = tf.cast(tf.range(tf.shape(item_ids)[1])[None, :] < lengths[:, None], hidden.dtype)[..., None]
+        return tf.reduce_sum(hidden * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
+
+    def _separator_user_vector(self, item_ids, lengths, training):
         batch = tf.shape(item_ids)[0]
         pad = tf.fill([batch, 1], PAD_ID)
         if self.backbone.causal:
@@ -165,8 +192,6 @@ class TransferTask(Task):
             user = tf.gather(hidden, sep_at, axis=1, batch_dims=1)
             if not self.backbone.causal:
                 user = user + hidden[:, 0]
-        if self.user_layer_norm is not None:
-            user = self.user_layer_norm(user)
         return user
 
     def call(self, item_ids, lengths=None, training=None):

@@ -79,3 +79,20 @@ def test_train_epoch_covers_training_items_only(tiny_set):
     assert all(np.array_equal(a[ITEM_IDS], b[ITEM_IDS]) for a, b in zip(batches, again))  # seeded order
     resumed = list(dataset.train_dataset(set_dir, max_len=4, stride=2, batch_size=1, steps=steps, seed=0, skip_steps=1).as_numpy_iterator())
     assert all(np.array_equal(a[ITEM_IDS], b[ITEM_IDS]) for a, b in zip(batches[1:], resumed))
+
+
+def test_shuffle_once_keeps_epoch_zeros_order_and_the_originals_step_count(tiny_set):
+    """--shuffle once (the original): every epoch reads epoch 0's order; batch b only while (b + 1) * B < N."""
+    set_dir, metadata = tiny_set
+    assert dataset.epoch_steps(7, 3, "once") == 2 and dataset.epoch_steps(6, 3, "once") == 1 and dataset.epoch_steps(1, 3, "once") == 1
+    assert dataset.epoch_steps(7, 3) == 3 and dataset.epoch_steps(6, 3) == 2  # default: the last batch is filled from the next pass
+    assert dataset.steps_per_epoch(metadata, max_len=4, stride=2, batch_size=1, shuffle="once") == 1  # 2 windows, the last dropped
+    assert dataset.order_seed(4, 3) == 4003 and dataset.order_seed(4, 3, "once") == 4000
+
+    def epoch(e, shuffle):
+        ds = dataset.train_dataset(set_dir, max_len=4, stride=2, batch_size=1, steps=2, seed=0, epoch=e, shuffle=shuffle)
+        return [b[ITEM_IDS].tolist() for b in ds.as_numpy_iterator()]
+
+    once = [epoch(e, "once") for e in range(6)]
+    assert all(o == once[0] for o in once) and once[0] == epoch(0, "epoch")
+    assert len({str(epoch(e, "epoch")) for e in range(6)}) > 1  # the default reorders (2 windows: some epochs differ)
