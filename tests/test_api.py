@@ -40,7 +40,7 @@ LAYERS = (
     ("eval", ("peterrec.eval", "peterrec.losses")),
     ("layers", ("peterrec.layers",)),
     ("models", ("peterrec.backbones", "peterrec.models")),
-    ("tasks", ("peterrec.tasks", "peterrec.augment.task", "peterrec.augment.embeddings", "peterrec.augment.generate")),
+    ("tasks", ("peterrec.tasks", "peterrec.augment.task", "peterrec.augment.embeddings", "peterrec.augment.counterfactual", "peterrec.augment.generate")),
     ("training", ("peterrec.distribute", "peterrec.training")),
     ("export", ("peterrec.export", "peterrec.patches", "peterrec.serving", "peterrec.inference", "peterrec.checkpoint_tf1",
                 "peterrec.tf1")),
