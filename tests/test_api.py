@@ -46,8 +46,7 @@ LAYERS = (
                 "peterrec.tf1")),
     ("experiment", ("peterrec.jobs", "peterrec.runner")),
     ("jobs", ("peterrec.pretraining", "peterrec.finetuning", "peterrec.evaluation", "peterrec.side_info",
-              "peterrec.augment.casr", "peterrec.tuning", "peterrec.benchmarking", "peterrec.benchmark_protocol",
-              "peterrec.benchmark_report", "peterrec.recbole_timing")),
+              "peterrec.augment.casr", "peterrec.tuning")),
     ("recipes", ("peterrec.recipes.*",)),
 )
 
