@@ -11,6 +11,7 @@ import json
 import math
 import os
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -96,7 +97,7 @@ def stage_sampler(cfg, vocab, set_dir):
         job_dir = sampler_cfg.resolved_model_dir()
         if not (os.path.exists(os.path.join(job_dir, "metrics.json")) and export.versions(os.path.join(job_dir, export.EXPORT_DIR))):
             if cfg.verbose:
-                print(f"casr stage 1: training the sampler ({sampler_cfg.backbone}) in {job_dir}", flush=True)
+                logging.info(f"casr stage 1: training the sampler ({sampler_cfg.backbone}) in {job_dir}")
             pretraining.run(sampler_cfg)
         path = os.path.join(job_dir, export.EXPORT_DIR)
     loaded = load_sampler(path, vocab, f"data {set_dir}")
@@ -127,7 +128,7 @@ def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
         if previous.get("identity") == identity and os.path.exists(os.path.join(out_dir, "metadata.json")):
             return previous["stats"]
     if cfg.verbose:
-        print(f"casr stage 2: {cfg.resolved_learning()} generation over the training prefixes of {set_dir}", flush=True)
+        logging.info(f"casr stage 2: {cfg.resolved_learning()} generation over the training prefixes of {set_dir}")
     stats = generate.generate(
         sampler.task,
         set_dir,
@@ -146,7 +147,7 @@ def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
         verbose=cfg.verbose,
     )
     if stats["selected"] and not stats["generated"] and cfg.verbose:
-        print(f"casr stage 2: none of {stats['selected']} candidates passed --filter {cfg.resolved_filter()}", flush=True)
+        logging.info(f"casr stage 2: none of {stats['selected']} candidates passed --filter {cfg.resolved_filter()}")
     io.write_json(stats_path, {"identity": identity, "stats": stats})
     _write_scalars(model_dir, 0, {"generated_samples": stats["generated"], "generated_share": stats["generated_share"],
                                   "flip_rate": stats["flip_rate"], "generation_seconds": stats["seconds"]})

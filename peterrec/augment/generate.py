@@ -35,6 +35,7 @@ import dataclasses
 import math
 import time
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -185,7 +186,7 @@ def generate(
                     ))
                 yield {"user": users[b].decode(), "items": out[ITEM_IDS][b, : lengths[b]], "role": ROLE_TRAIN, "targets": [out["label"][b]]}
             if verbose and (number + 1) % 20 == 0:
-                print(f"casr generation: batch {number + 1} of ~{expected}, {stats['generated']} samples", flush=True)
+                logging.info(f"casr generation: batch {number + 1} of ~{expected}, {stats['generated']} samples")
 
     payload = {
         "kind": "casr_generated",

@@ -42,6 +42,7 @@ import math
 import os
 import time
 
+from absl import logging
 import keras
 
 from peterrec import io, pretraining, recipes, runner
@@ -236,8 +237,8 @@ def run(cfg: CASRConfig):
         )
 
     if cfg.verbose:
-        print(f"casr stage 3: anchor {anchor_cfg.backbone}, {stats['generated']} generated samples "
-              f"({per_step} per step, beta {cfg.beta:g})", flush=True)
+        logging.info(f"casr stage 3: anchor {anchor_cfg.backbone}, {stats['generated']} generated samples "
+              f"({per_step} per step, beta {cfg.beta:g})")
     callbacks = [AdversarialStats(model_dir)] if adversarial else []
     trainer = Trainer(task_fn, inputs, model_dir, cfg.train_config(), strategy, callbacks=callbacks)
     result, evaluation, eval_seconds = runner.fit_and_evaluate(trainer, vocab.counts)
