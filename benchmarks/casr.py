@@ -58,7 +58,7 @@ def main():
     sys.path.insert(0, ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from peterrec import pretraining
-    from peterrec.augment import casr
+    from peterrec.recipes import casr as casr_recipe
 
     common = dict(data=args.data, tfrecord_dir=os.path.join(args.work_dir, "tfrecords"), epochs=args.epochs, batch_size=args.batch_size,
                   seed=args.seed, verbose=2, patience=args.patience, num_shards=4, max_len=args.max_len, stride=args.stride)
@@ -73,9 +73,9 @@ def main():
         rows.append({"sampler": sampler, "anchor": anchor, "method": "anchor alone", "metrics": alone, "sampler_test": sampler_metrics["test"]})
         for method in METHODS:
             job_dir = os.path.join(args.work_dir, f"casr-{sampler}-{anchor}-{method}")
-            cfg = casr.CASRConfig(model_dir=job_dir, sampler_dir=os.path.join(sampler_dir, "export"), anchor_model=anchor, learning=method,
+            cfg = casr_recipe.CASRConfig(model_dir=job_dir, sampler_dir=os.path.join(sampler_dir, "export"), anchor_model=anchor, learning=method,
                                   sample=args.sample, beta=args.beta, index=args.index, **common)
-            rows.append({"sampler": sampler, "anchor": anchor, "method": method, "metrics": _metrics(job_dir, lambda: casr.run(cfg)),
+            rows.append({"sampler": sampler, "anchor": anchor, "method": method, "metrics": _metrics(job_dir, lambda: casr_recipe.run(cfg)),
                          "sampler_test": sampler_metrics["test"]})
     write_results(args, rows)
     return 0

@@ -14,12 +14,15 @@ parameters, the ratio to the pretrained backbone, and wall time, as mean ± sd o
 import argparse
 import json
 import os
+import sys
 import time
 
 import keras
 
-from peterrec import finetuning, pretraining
-from peterrec.benchmarking import fmt, mean_sd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks.*
+
+from benchmarks.protocol import fmt, mean_sd  # noqa: E402
+from peterrec import finetuning, pretraining  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")

@@ -27,13 +27,14 @@ import time
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks.*
 
 import bag_of_items  # noqa: E402
 import ml100k_tasks  # noqa: E402
+from benchmarks.protocol import fmt, mean_sd  # noqa: E402
 from transfer import MODE_ORDER, VARIANT_OPTIONS, label, load_or_run, variants  # noqa: E402
 
 from peterrec import finetuning, pretraining, training  # noqa: E402
-from peterrec.benchmarking import fmt, mean_sd  # noqa: E402
 from peterrec.data import finetune_dataset  # noqa: E402
 from peterrec.data.vocab import Vocabulary  # noqa: E402
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
+
 from peterrec import export, io, recipes
 from peterrec.data import convert, dataset, finetune_dataset
 from peterrec.data.vocab import Vocabulary
@@ -85,7 +87,7 @@ def evaluate_export(
     if total and unknown == total:
         raise DataError(f"{targets if finetuned else data}: none of the {total} {split} targets is known to {loaded.path}'s vocabulary")
     if unknown:
-        print(f"{targets if finetuned else data}: {unknown} of {total} {split} targets are unknown to the model's vocabulary; "
+        logging.warning(f"{targets if finetuned else data}: {unknown} of {total} {split} targets are unknown to the model's vocabulary; "
               "they rank last (counted as misses)")
     metrics = {
         "unknown_targets": unknown,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from absl import logging
 import keras
 import numpy as np
 
@@ -179,7 +180,7 @@ def prepare_data(cfg, vocab):
         raise DataError(f"{cfg.data}: no finetuning targets (give --targets, or a PeterRec 'source,,targets' CSV)")
     counts = metadata["counts"]
     oov_share = counts["oov_interactions"] / max(counts["interactions"], 1)
-    print(f"{cfg.data}: {counts['oov_interactions']} of {counts['interactions']} source items ({oov_share:.2%}) are unknown "
+    logging.warning(f"{cfg.data}: {counts['oov_interactions']} of {counts['interactions']} source items ({oov_share:.2%}) are unknown "
           f"to the pretrained vocabulary and map to OOV")
     if oov_share > cfg.max_oov_share:
         raise DataError(

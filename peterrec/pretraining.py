@@ -33,6 +33,7 @@ import dataclasses
 import inspect
 import os
 
+from absl import logging
 import keras
 
 from peterrec import losses, recipes, runner
@@ -204,7 +205,7 @@ def prepare_data(cfg):
     oov = metadata.get("counts", {}).get("oov_interactions", 0)
     if oov:
         total = max(metadata["counts"].get("interactions", 1), 1)
-        print(f"{cfg.data}: {oov} of {total} interactions ({oov / total:.2%}) are unknown to --vocab_from and map to OOV")
+        logging.warning(f"{cfg.data}: {oov} of {total} interactions ({oov / total:.2%}) are unknown to --vocab_from and map to OOV")
     set_vocab = Vocabulary.load(set_dir)
     if set_vocab.hash != metadata["vocab_hash"]:
         raise ConfigError(f"{set_dir}: vocab.json hash {set_vocab.hash[:12]} differs from metadata.json's {metadata['vocab_hash'][:12]}")

@@ -26,6 +26,7 @@ import os
 import time
 import weakref
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -80,7 +81,7 @@ def prepare(cfg: SideInfoConfig, fields):
             f"--item_data {cfg.item_data}: none of its {stats['feature_rows']} rows names an item of --data {cfg.data} "
             "(item ids must match the interaction file's)"
         )
-    print(
+    logging.info(
         f"item features {', '.join(features.fields)}: {stats['items'] - stats['items_without_features']} of {stats['items']} items "
         f"have a row; missing shares {stats['missing_share']}"
         + (f"; {stats['feature_rows_unknown_items']} rows of items not in the data ignored" if stats["feature_rows_unknown_items"] else "")

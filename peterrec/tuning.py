@@ -38,6 +38,8 @@ import json
 import os
 import time
 
+from absl import logging
+
 from peterrec import recipes
 from peterrec.errors import ConfigError
 from peterrec.search_space import DISTRIBUTIONS, N_NUMBERS, ParamSpec, describe_specs, parse_line, parse_params_file  # noqa: F401
@@ -137,7 +139,7 @@ def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=4
     for record in records:  # interrupted trials resume in their own directory (their checkpoints)
         if record["state"] == "running":
             if verbose:
-                print(f"trial {record['number']}: resuming {record['model_dir']}")
+                logging.info(f"trial {record['number']}: resuming {record['model_dir']}")
             _run_trial(job, base, record, seed, verbose, save)
             trial = optuna.trial.create_trial(
                 state=optuna.trial.TrialState.COMPLETE if record["state"] == "complete" else optuna.trial.TrialState.FAIL,
@@ -159,7 +161,7 @@ def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=4
         }
         records.append(record)
         if verbose:
-            print(f"trial {number}: {_format_params(record['params'])}")
+            logging.info(f"trial {number}: {_format_params(record['params'])}")
         _run_trial(job, base, record, seed, verbose, save)
         if record["state"] == "complete":
             study.tell(trial, record["value"])
@@ -192,7 +194,7 @@ def _run_trial(job, base, record, seed, verbose, save):
         # training diverged (NaN/Inf or a diverging loss): a failed trial, recorded and reported
         record.update(state="failed", error=str(err), wall_seconds=round(time.perf_counter() - start, 2))
         if verbose:
-            print(f"trial {record['number']} failed: {err}")
+            logging.warning(f"trial {record['number']} failed: {err}")
         save()
         return
     record.update(
@@ -206,7 +208,7 @@ def _run_trial(job, base, record, seed, verbose, save):
         wall_seconds=round(time.perf_counter() - start, 2),
     )
     if verbose:
-        print(f"trial {record['number']}: valid {OBJECTIVE} {record['value']:.4f}, test hr@10 {record['test'].get('hr@10', float('nan')):.4f}")
+        logging.info(f"trial {record['number']}: valid {OBJECTIVE} {record['value']:.4f}, test hr@10 {record['test'].get('hr@10', float('nan')):.4f}")
     save()
 
 

@@ -12,7 +12,7 @@ samples (generated loss weighted by --beta) and exports it. Outputs in
 checkpoints/casr-<sampler>-<anchor>-<learning>/ unless --model_dir: sampler/,
 generated/ (TFRecords), generated_samples.tsv, export/<version>/ (the anchor),
 logs/ (TensorBoard, logs/casr: generated samples, share, flip rate), ckpt/,
-metrics.json, curves.png. See peterrec/augment/casr.py and docs/fidelity.md (CASR).
+metrics.json, curves.png. See peterrec/recipes/casr.py and docs/fidelity.md (CASR).
 """
 
 from absl import flags

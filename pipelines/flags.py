@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+import peterrec
 from peterrec.errors import PeterRecError
 
 FLAGS = flags.FLAGS
@@ -78,6 +79,14 @@ def write_failure(err):
     return None
 
 
+_OWN_CODE = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (peterrec, sys.modules[__name__]))
+
+
+def _own_info_only(record) -> bool:
+    """Logging filter: TensorFlow's INFO lines would drown the job's own messages and progress bar."""
+    return record.levelno >= 30 or record.pathname.startswith(_OWN_CODE)  # 30: WARNING
+
+
 def run(main):
     """absl.app.run with user-facing errors printed as one line.
 
@@ -89,8 +98,9 @@ def run(main):
     def guarded(argv):
         from absl import logging
 
-        if not FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress output
+        if not FLAGS["verbosity"].present:  # INFO from this project (resuming, files written), warnings from all
+            logging.set_verbosity(logging.INFO)
+            logging.get_absl_handler().addFilter(_own_info_only)
         try:
             return main(argv)
         except PeterRecError as err:

@@ -40,14 +40,13 @@ LAYERS = (
     ("eval", ("peterrec.eval", "peterrec.losses")),
     ("layers", ("peterrec.layers",)),
     ("models", ("peterrec.backbones", "peterrec.models")),
-    ("tasks", ("peterrec.tasks", "peterrec.augment.task", "peterrec.augment.embeddings", "peterrec.augment.generate")),
+    ("tasks", ("peterrec.tasks", "peterrec.augment.task", "peterrec.augment.embeddings", "peterrec.augment.counterfactual", "peterrec.augment.generate")),
     ("training", ("peterrec.distribute", "peterrec.training")),
     ("export", ("peterrec.export", "peterrec.patches", "peterrec.serving", "peterrec.inference", "peterrec.checkpoint_tf1",
                 "peterrec.tf1")),
     ("experiment", ("peterrec.jobs", "peterrec.runner")),
     ("jobs", ("peterrec.pretraining", "peterrec.finetuning", "peterrec.evaluation", "peterrec.side_info",
-              "peterrec.augment.casr", "peterrec.tuning", "peterrec.benchmarking", "peterrec.benchmark_protocol",
-              "peterrec.benchmark_report", "peterrec.recbole_timing")),
+              "peterrec.augment.casr", "peterrec.tuning")),
     ("recipes", ("peterrec.recipes.*",)),
 )
 

@@ -225,7 +225,7 @@ def _check_unseen_counted(paths, result):
     metrics = json.load(open(os.path.join(result["dir"], "metrics.json")))
     unknown = metrics["unknown_targets"]
     assert 0 < unknown < metrics["test"]["users"]
-    assert re.search(rf"{unknown} of {metrics['test']['users']} test targets are unknown to the model's vocabulary", result["stdout"])
+    assert re.search(rf"{unknown} of {metrics['test']['users']} test targets are unknown to the model's vocabulary", result["stderr"])
 
 
 def _tree(case_dir):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from peterrec import benchmarking
+from benchmarks import zoo as benchmarking
 from peterrec.errors import ConfigError, DataError
 
 REF = benchmarking.REFERENCE["nextitnet"]

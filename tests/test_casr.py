@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from peterrec import export, pretraining
-from peterrec.augment import casr, generate
+from peterrec.augment import casr, counterfactual, generate
+from peterrec.recipes import casr as casr_recipe
 from peterrec.augment.embeddings import hidden_states, item_table, last_logits
 from peterrec.backbones.nextitnet import NextItNetBackbone
 from peterrec.data import dataset
@@ -61,7 +62,7 @@ def _casr_config(world, name, **overrides):
     args = dict(TINY, **ANCHOR, data=str(world["data"]), tfrecord_dir=world["tfr"], model_dir=str(world["tmp"] / name),
                 sampler_dir=str(world["tmp"] / "sampler" / "export"), anchor_model="sasrec", epochs=1, deterministic=True)
     args.update(overrides)
-    return casr.CASRConfig(**args)
+    return casr_recipe.CASRConfig(**args)
 
 
 def _heldout_and_training(set_dir):
@@ -112,32 +113,32 @@ def test_embeddings_input_reproduces_the_id_call_and_reaches_the_output(name):
     # the boundary search runs on every model: a gradient for the input embedding only
     positions, held, y0 = tf.constant([2, 4]), -tf.ones([2, 2], tf.int32), tf.constant([20, 21])
     e = tf.gather(looked_up, positions, batch_dims=1)
-    gradient, _, watched = generate.boundary_gradient(task, ids, lengths, positions, held, e, e, y0, 1.0, 0.1, 1.0)
+    gradient, _, watched = counterfactual.boundary_gradient(task, ids, lengths, positions, held, e, e, y0, 1.0, 0.1, 1.0)
     assert watched == () and np.abs(gradient.numpy()).sum() > 0
 
 
 # ------------------------------------------------------------------ the boundary search and the frozen sampler
 def test_boundary_search_differentiates_only_the_input_embedding(world):
     sampler = world["sampler"].task
-    intervention = generate.Intervention(method="learning", index=1, iters=3)
+    intervention = counterfactual.Intervention(method="learning", index=1, iters=3)
     batch = next(iter(generate.training_prefixes(world["set_dir"], max_len=MAX_LEN, seed=0, sample=1.0, n_per_seq=1,
                                                  intervention=intervention, batch_size=32)))
-    ids, lengths, positions, held = batch[ITEM_IDS], batch[LENGTHS], batch[generate.POSITIONS_KEY], batch[generate.HELDOUT]
-    _, y0, _ = generate.sampler_labels(sampler, ids, lengths, held)
+    ids, lengths, positions, held = batch[ITEM_IDS], batch[LENGTHS], batch[counterfactual.POSITIONS_KEY], batch[counterfactual.HELDOUT]
+    _, y0, _ = counterfactual.sampler_labels(sampler, ids, lengths, held)
     table = item_table(sampler)
-    scale = generate.rms_norm(table)
+    scale = counterfactual.rms_norm(table)
     e = tf.gather(table, tf.gather(ids, positions, batch_dims=1))
-    gradient, hinge, watched = generate.boundary_gradient(sampler, ids, lengths, positions, held, e, e, y0, 0.0, 0.1, scale)
+    gradient, hinge, watched = counterfactual.boundary_gradient(sampler, ids, lengths, positions, held, e, e, y0, 0.0, 0.1, scale)
     assert watched == ()  # no model variable is watched
     assert gradient.shape == e.shape and np.all(np.isfinite(gradient.numpy()))
     assert np.abs(gradient.numpy()[hinge.numpy() > 0]).sum() > 0
     with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
         tape.watch(e)
-        objective, _ = generate.boundary_objective(sampler, ids, lengths, positions, held, e, e, y0, 0.0, 0.1, scale)
+        objective, _ = counterfactual.boundary_objective(sampler, ids, lengths, positions, held, e, e, y0, 0.0, 0.1, scale)
     assert all(g is None for g in tape.gradient(objective, sampler.weights))  # the sampler's weights get no gradient
     assert tape.gradient(objective, e) is not None
-    searched = generate.boundary_search(sampler, ids, lengths, positions, held, y0, intervention)
-    _, after = generate.boundary_objective(sampler, ids, lengths, positions, held, searched, e, y0, 0.0, 0.1, scale)
+    searched = counterfactual.boundary_search(sampler, ids, lengths, positions, held, y0, intervention)
+    _, after = counterfactual.boundary_objective(sampler, ids, lengths, positions, held, searched, e, y0, 0.0, 0.1, scale)
     assert float(tf.reduce_mean(after)) < float(tf.reduce_mean(hinge))  # the search moves towards the decision boundary
 
 
@@ -145,7 +146,7 @@ def test_boundary_search_differentiates_only_the_input_embedding(world):
 def test_generated_sequences_respect_the_invariants_and_leave_the_sampler_unchanged(world, tmp_path, method):
     sampler = world["sampler"].task
     before = [w.numpy().copy() for w in sampler.weights]
-    intervention = generate.Intervention(method=method, index=1 if method == "learning" else 2, iters=2,
+    intervention = counterfactual.Intervention(method=method, index=1 if method == "learning" else 2, iters=2,
                                          replacement="popularity", filter="none")
     stats = _generate(world, tmp_path / "gen", intervention, sample=0.5, n_per_seq=2)
     for old, new in zip(before, sampler.weights):
@@ -183,7 +184,7 @@ def test_generated_sequences_respect_the_invariants_and_leave_the_sampler_unchan
 
 
 def test_heuristic_generation_is_reproducible_with_a_seed(world, tmp_path):
-    intervention = generate.Intervention(method="heuristic", index=2)
+    intervention = counterfactual.Intervention(method="heuristic", index=2)
     _generate(world, tmp_path / "a", intervention, seed=5, sample=0.5, batch_size=19)
     _generate(world, tmp_path / "b", intervention, seed=5, sample=0.5, batch_size=64)  # batching does not matter
     _generate(world, tmp_path / "c", intervention, seed=6, sample=0.5)
@@ -193,7 +194,7 @@ def test_heuristic_generation_is_reproducible_with_a_seed(world, tmp_path):
 
 
 def test_learning_keeps_only_flips(world, tmp_path):
-    stats = _generate(world, tmp_path / "gen", generate.Intervention(method="learning", index=1, iters=2, filter="flip"))
+    stats = _generate(world, tmp_path / "gen", counterfactual.Intervention(method="learning", index=1, iters=2, filter="flip"))
     rows = _read_tsv(str(tmp_path / "gen") + ".tsv")
     assert stats["generated"] == len(rows) > 0 and stats["flip_rate"] > 0
     assert all(row["flipped"] == "1" and row["sampler_top1_after"] != row["sampler_top1_before"] for row in rows)
@@ -212,15 +213,15 @@ def test_beta_zero_or_no_samples_reproduce_the_plain_anchor_and_ad_trains_on_its
         model_dir=str(world["tmp"] / "plain"), epochs=1, deterministic=True,
     )
     plain = pretraining.run(plain_cfg)
-    beta0 = casr.run(_casr_config(world, "beta0", learning="heuristic", beta=0.0))
-    sample0 = casr.run(_casr_config(world, "sample0", learning="learning", sample=0.0))
+    beta0 = casr_recipe.run(_casr_config(world, "beta0", learning="heuristic", beta=0.0))
+    sample0 = casr_recipe.run(_casr_config(world, "sample0", learning="learning", sample=0.0))
     assert beta0["casr"]["generation"]["generated"] > 0 and sample0["casr"]["generation"]["generated"] == 0
     for run in (beta0, sample0):
         assert run["valid"] == plain["valid"] and run["test"] == plain["test"]
         for a, b in zip(_weights(run["export_dir"]), _weights(plain["export_dir"])):
             np.testing.assert_array_equal(a, b)
 
-    ad = casr.run(_casr_config(world, "ad", learning="ad", index=1, sample=0.5, beta=1.0))
+    ad = casr_recipe.run(_casr_config(world, "ad", learning="ad", index=1, sample=0.5, beta=1.0))
     made = ad["casr"]["ad"]["generated_in_steps"]
     assert made == ad["casr"]["generated_per_step"] * ad["global_step"] > 0
     assert ad["test"] != plain["test"]  # the anchor trained on the generated samples
@@ -248,12 +249,12 @@ def test_beta_zero_or_no_samples_reproduce_the_plain_anchor_and_ad_trains_on_its
 )
 def test_bad_settings_name_the_flag(world, overrides, flag):
     with pytest.raises(ConfigError, match=flag):
-        casr.run(_casr_config(world, "bad", **overrides))
+        casr_recipe.run(_casr_config(world, "bad", **overrides))
     assert not os.path.exists(world["tmp"] / "bad")
 
 
 def test_seed_spellings_are_accepted():
-    cfg = casr.CASRConfig(learning="AD", sampler_model="NARM", anchor_model="STAMP")
+    cfg = casr_recipe.CASRConfig(learning="AD", sampler_model="NARM", anchor_model="STAMP")
     assert cfg.resolved_learning() == "ad" and cfg.resolved_model_dir().endswith("casr-narm-stamp-ad")
     cfg.validate()
 

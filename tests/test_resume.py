@@ -108,10 +108,10 @@ def _kill_resume_compare(job, args, runs_dir, steps):
     path, after_kill = _latest(killed)
     assert 0 < after_kill < total and after_kill % steps, (after_kill, steps)  # a checkpoint exists, mid-epoch
     assert not os.path.exists(killed / "export") and not os.path.exists(killed / "metrics.json")  # the job did not finish
-    rc, out, err = _finish(_start(job, args, killed))
+    rc, _, err = _finish(_start(job, args, killed))
     assert rc == 0, err[-3000:]
     epoch, in_epoch = divmod(after_kill, steps)
-    assert f"Resuming from {path}: epoch {epoch + 1}, step {in_epoch} of {steps}" in out
+    assert f"Resuming from {path}: epoch {epoch + 1}, step {in_epoch} of {steps}" in err  # logged (absl, stderr)
     rc, _, err = _finish(reference)
     assert rc == 0, err[-3000:]
     resumed_metrics, whole_metrics = (json.load(open(d / "metrics.json")) for d in (killed, whole))
@@ -229,14 +229,14 @@ def _toy_inputs(steps):
     )
 
 
-def test_nan_loss_names_the_step_and_the_last_good_checkpoint(tmp_path, capsys):
+def test_nan_loss_names_the_step_and_the_last_good_checkpoint(tmp_path, caplog):
     trainer = Trainer(lambda: _ToyTask(nan_from=4), _toy_inputs(10), str(tmp_path), TrainConfig(epochs=2, checkpoint_every_steps=2, verbose=0))
     result = trainer.fit()
     last_good = os.path.join(str(tmp_path), "ckpt", "ckpt-2")  # saved at global step 4, the step before the NaN
     assert result.stopped_on_nan and result.global_step == 5
     assert result.failure == (f"the loss became NaN/Inf at global step 5 with learning rate 0.001; training stopped. Last good checkpoint: "
                               f"{last_good}. Lower --learning_rate (in a new --model_dir) or check the data")
-    assert f"error: {result.failure}" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [result.failure]  # logged once, as an error
     assert tf.train.latest_checkpoint(os.path.join(str(tmp_path), "ckpt")) == last_good  # the NaN weights were never saved
     assert int(tf.train.load_variable(last_good, "global_step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
     reader = tf.train.load_checkpoint(last_good)

@@ -7,7 +7,7 @@ the observed windows (exactly the plain anchor's batch) plus, under the key
 
 * offline methods (heuristic, learning): counterfactual prefixes labelled by
   the sampler, with ``sample_weight`` = ``beta`` at their last position;
-* ``ad``: original prefixes; :func:`peterrec.augment.generate.adversarial_samples`
+* ``ad``: original prefixes; :func:`peterrec.augment.counterfactual.adversarial_samples`
   turns them into counterfactuals against the *current* anchor inside the
   step (before its update, so generation and anchor updates alternate), and
   they are labelled by the frozen sampler.
@@ -26,7 +26,7 @@ import types
 import keras
 import tensorflow as tf
 
-from peterrec.augment import generate
+from peterrec.augment import counterfactual
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
 from peterrec.tasks.base import Task
 
@@ -43,7 +43,7 @@ class CounterfactualTask(Task):
         sampler: the frozen sampler's ``NextItemTask`` (``ad`` only). It is
             held outside Keras' tracking, so it is neither trained nor saved
             in the anchor's checkpoints.
-        intervention: a :class:`~peterrec.augment.generate.Intervention` (``ad`` only).
+        intervention: a :class:`~peterrec.augment.counterfactual.Intervention` (``ad`` only).
         seed: seed of the in-step draws (``ad`` only).
     """
 
@@ -93,8 +93,8 @@ class CounterfactualTask(Task):
         """Counterfactual training rows (labels, weight ``beta`` at the last position) from original prefixes."""
         size, width = tf.shape(rows[ITEM_IDS])[0], tf.shape(rows[ITEM_IDS])[1]
         uniforms = keras.random.uniform((size, self.intervention.uniforms), seed=self.ad_seed)
-        item_ids, labels, flipped = generate.adversarial_samples(
-            self.anchor, self.sampler, rows[ITEM_IDS], rows[LENGTHS], rows[generate.HELDOUT], uniforms, self.intervention
+        item_ids, labels, flipped = counterfactual.adversarial_samples(
+            self.anchor, self.sampler, rows[ITEM_IDS], rows[LENGTHS], rows[counterfactual.HELDOUT], uniforms, self.intervention
         )
         self.ad_generated.assign_add(tf.cast(size, tf.float32))
         self.ad_flipped.assign_add(tf.reduce_sum(tf.cast(flipped, tf.float32)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from absl import logging
 import keras
 
 from peterrec import recipes
@@ -134,18 +135,18 @@ def build_atrank_job(cfg, set_dir, metadata, vocab, item_features) -> SideInfoJo
     spec = [s for s in item_features.spec() if s["name"] in item_features.fields]
     has_times = bool(metadata.get("has_timestamps"))
     if not has_times:
-        print(f"{cfg.data}: no timestamps; every ATRank time bucket is 0")
+        logging.warning(f"{cfg.data}: no timestamps; every ATRank time bucket is 0")
     behaviours, behaviour_fn, candidate_type = None, None, 0
     if cfg.behaviour_field:
         behaviours = item_features_lib.behaviours_for_set(set_dir, vocab, cfg.data, cfg.behaviour_field, rating_threshold=cfg.rating_threshold)
         candidate_type = behaviours.type_id(cfg.candidate_behaviour) if cfg.candidate_behaviour else 0
         behaviour_fn = behaviours.lookup_fn()
-        print(f"behaviours ({cfg.behaviour_field}): {behaviours.stats['interactions']}; candidates use the {behaviours.types[candidate_type]!r} projection"
+        logging.info(f"behaviours ({cfg.behaviour_field}): {behaviours.stats['interactions']}; candidates use the {behaviours.types[candidate_type]!r} projection"
               + (" (candidate_projection none: unprojected)" if cfg.candidate_projection == "none" else ""))
     else:
         hinted = [c for c in item_features_lib.inter_columns(cfg.data) if c in item_features_lib.BEHAVIOUR_HINTS]
         if hinted:
-            print(f"{cfg.data} has a {hinted[0]!r} column: single-behaviour ATRank ignores it (multi-behaviour: --behaviour_field {hinted[0]})")
+            logging.warning(f"{cfg.data} has a {hinted[0]!r} column: single-behaviour ATRank ignores it (multi-behaviour: --behaviour_field {hinted[0]})")
 
     def train_fn(epoch, skip_steps, ctx):
         return tasks.train_dataset(

@@ -13,6 +13,7 @@ import tempfile
 import time
 from typing import Callable
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -262,7 +263,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
         start_epoch = int(self.epoch.numpy())
         skip = int(self.global_step.numpy()) - start_epoch * steps
         if resumed and cfg.verbose:
-            print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {steps}")
+            logging.info(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {steps}")
         self.task.stop_training = False
         callbacks.on_train_begin()
         self.early_stopping.wait = int(self.wait.numpy())
@@ -300,7 +301,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             skip = 0
             if failure is not None:
                 failure = self._failure_message(failure)
-                print(f"error: {failure}")
+                logging.error(failure)
                 break
             train_seconds += elapsed
             trained_positions += epoch_positions
@@ -321,7 +322,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             failure = self._save()
             if failure is not None:
                 failure = self._failure_message(failure)
-                print(f"error: {failure}")
+                logging.error(failure)
                 break
             if self._stop_requested(signals):
                 self._interrupt(signals.received, epoch + 1, 0)

@@ -37,13 +37,14 @@ def test_encoder_is_bidirectional_and_padding_exact():
 
 def test_registered_with_its_capabilities_and_refused_as_casr_model():
     from peterrec.augment import casr
+    from peterrec.recipes import casr as casr_recipe
 
     recipe = recipes.get("bert4rec")
     assert (recipe.layout, recipe.causal, recipe.pipeline, recipe.family) == ("cloze", False, "train", "zoo")
     assert "bert4rec" in recipes.names(layout="cloze") and "bert4rec" not in casr.causal_models()
     assert recipe.config({}).mask_prob == 0.2 and recipe.config({"mask_prob": 0.4}).mask_prob == 0.4
     with pytest.raises(ConfigError, match="--anchor_model: 'bert4rec' is not one of"):
-        casr.CASRConfig(anchor_model="bert4rec", sampler_model="narm").validate()
+        casr_recipe.CASRConfig(anchor_model="bert4rec", sampler_model="narm").validate()
     with pytest.raises(ConfigError, match="--model: 'bert4rex' is not one of .*bert4rec"):
         recipes.get("bert4rex")
 

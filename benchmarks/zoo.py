@@ -1,4 +1,8 @@
-"""The RecBole-protocol benchmark (``python -m pipelines.benchmark``).
+"""The RecBole-protocol benchmark of the model zoo (``python -m benchmarks.zoo``, run from the repository root).
+
+    python -m benchmarks.zoo --models nextitnet,sasrec,narm,stamp,gru4rec --seeds 1,2,3
+    python -m benchmarks.zoo --models nextitnet --seeds 1 --epochs 2        # a smoke run
+    python -m benchmarks.zoo --models nextitnet --recbole                   # + time one RecBole epoch here
 
 Runs models x seeds sequentially under RecBole 1.2.1's protocol for sequential
 models (leave-one-out by time, 50 items of context, full ranking over every
@@ -22,6 +26,14 @@ best validation MRR@10 selected; see ``PROTOCOL``) and writes
 Each run trains in ``<work_dir>/<model>-<configuration>-<hash>/seed<seed>/``
 (the hash is over the run's resolved settings); a run whose ``metrics.json``
 exists is not rerun, and an interrupted run resumes from its checkpoints.
+
+Command line: ``--data`` (default ``../shared/data/ml-100k/ml-100k.inter``,
+never copied into the repository); ``--configuration fast`` (default: the
+documented fast settings per model, ``FAST``) or ``default`` (each model's
+faithful defaults); flags given explicitly (``--epochs``, ``--batch_size``,
+``--dropout``, ...) apply to every model that has that setting; ``--set
+model.field=value`` (or ``field=value``) sets anything else; runs live in
+``--model_dir`` (default ``checkpoints/benchmark-<dataset>/``).
 """
 
 from __future__ import annotations
@@ -36,13 +48,23 @@ import time
 
 import numpy as np
 
-from peterrec import export, tuning
-from peterrec.benchmark_protocol import (  # noqa: F401  (re-exported)
+if __package__ in (None, ""):  # ``python benchmarks/zoo.py``: the repository root on the path, as for ``-m``
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.protocol import (  # noqa: E402, F401  (re-exported)
     CONFIGURATIONS, FAST, KS, ML100K, NEXTITNET_TARGET_SPEEDUP, PROTOCOL, REFERENCE, fmt, mean_sd,
 )
-from peterrec.benchmark_report import plot_curves, results_markdown, write_results  # noqa: F401  (re-exported)
-from peterrec.errors import ConfigError, DataError
-from peterrec.recbole_timing import recbole_layout, time_recbole_epoch  # noqa: F401  (re-exported)
+from benchmarks.recbole_timing import recbole_layout, time_recbole_epoch  # noqa: E402, F401  (re-exported)
+from benchmarks.report import plot_curves, results_markdown, write_results  # noqa: E402, F401  (re-exported)
+from absl import flags  # noqa: E402
+
+from peterrec import export, tuning  # noqa: E402
+from peterrec.errors import ConfigError, DataError  # noqa: E402
+from pipelines import flags as common  # noqa: E402
+
+FLAGS = flags.FLAGS
 
 # --- machine and model measurements --------------------------------------------------------------
 
@@ -339,3 +361,76 @@ def checks(summary, recbole):
                 entry["speedup_vs_measured"] = measured / max(time_taken, 1e-9)
             out.append(entry)
     return out
+
+
+# --- the command line (python -m benchmarks.zoo) -------------------------------------------------
+
+
+def define_flags():
+    """The benchmark's flags (defined when it runs, so importing this module defines none)."""
+    common.define_any_model_flags()
+    flags.DEFINE_list("models", ["nextitnet"], "Models to run, in order (pretraining backbones or registered models).")
+    flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds; accuracy is reported as mean ± sd over them.")
+    flags.DEFINE_enum("configuration", "fast", ["fast", "default"], "fast: the documented fast settings per model; default: faithful defaults.")
+    flags.DEFINE_multi_string("set", [], "model.field=value or field=value: any other setting (repeatable).")
+    flags.DEFINE_string("results_dir", "benchmarks/results", "Where <name>.md/.json/.png are written.")
+    flags.DEFINE_string("name", None, "Results file name (default: the data file's stem, e.g. ml-100k).")
+    flags.DEFINE_bool("recbole", False, "Also time one RecBole 1.2.1 NextItNet epoch on the same data (needs recbole + torch).")
+    flags.DEFINE_string("recbole_python", None, "Python interpreter that has recbole and torch (default: this one).")
+    FLAGS.set_default("data", ML100K)
+
+
+# flags that describe the benchmark itself rather than a model setting
+NOT_SETTINGS = {"data", "model_dir", "seed", "verbose", "tfrecord_dir"}
+
+
+def explicit_settings(jobs):
+    """Explicitly given flags that name a setting of at least one model's config."""
+    fields = set().union(*({f.name for f in dataclasses.fields(job.config_class)} for job in jobs))
+    names = [name for name in sorted(fields - NOT_SETTINGS) if name in FLAGS and FLAGS[name].present]
+    out = {name: FLAGS[name].value for name in names}
+    if "dilations" in out:
+        out["dilations"] = tuple(common.int_list(FLAGS.dilations, "dilations"))
+    return out
+
+
+def parse_set(values, models):
+    """``--set`` values as (settings for every model, {model: settings})."""
+    shared, per_model = {}, {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {text!r}: expected model.field=value or field=value")
+        model, dot, field = key.rpartition(".")
+        if dot and model not in models:
+            raise ConfigError(f"--set {text!r}: {model!r} is not in --models ({','.join(models)})")
+        (per_model.setdefault(model, {}) if dot else shared)[field] = value
+    return shared, per_model
+
+
+def main(argv):
+    del argv
+    jobs = [tuning.model_job(name, "--models") for name in FLAGS.models]
+    shared, per_model = parse_set(FLAGS.set, FLAGS.models)
+    spec = BenchmarkSpec(
+        models=list(FLAGS.models),
+        data=FLAGS.data,
+        seeds=tuple(common.int_list(FLAGS.seeds, "seeds")),
+        configuration=FLAGS.configuration,
+        overrides=explicit_settings(jobs) | shared,
+        model_overrides=per_model,
+        work_dir=FLAGS.model_dir,
+        results_dir=FLAGS.results_dir,
+        name=FLAGS.name,
+        tfrecord_dir=FLAGS.tfrecord_dir,
+        recbole=FLAGS.recbole,
+        recbole_python=FLAGS.recbole_python,
+        verbose=common.common_kwargs(["verbose"])["verbose"],
+    )
+    results = run_benchmark(spec)
+    print(results_markdown(results))
+
+
+if __name__ == "__main__":
+    define_flags()
+    common.run(main)

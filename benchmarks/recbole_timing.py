@@ -1,4 +1,4 @@
-"""RecBole 1.2.1's own time per epoch on the same data and machine (``pipelines.benchmark --recbole``).
+"""RecBole 1.2.1's own time per epoch on the same data and machine (``benchmarks.zoo --recbole``).
 
 A child process runs RecBole's NextItNet for one epoch when ``recbole`` and ``torch`` can be imported
 (by this interpreter or ``--recbole_python``); otherwise the result says why it was skipped.

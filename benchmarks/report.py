@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from peterrec import io, tuning
-from peterrec.benchmark_protocol import KS, REFERENCE, fmt
+from benchmarks.protocol import KS, REFERENCE, fmt
 from peterrec.features import NUM_RESERVED
 
 
@@ -72,7 +72,7 @@ def results_markdown(results):
         lines.append(f"| {_label(model)} | " + " | ".join(f"{s['test'][n][0]:.4f}" if n in s["test"] else "—" for n in names) + " |")
 
     lines += [
-        "", "Speed (train FLOPs per trained position: see `peterrec.benchmarking.flop_estimate`; useful GFLOP/s = positions/s × "
+        "", "Speed (train FLOPs per trained position: see `benchmarks.zoo.flop_estimate`; useful GFLOP/s = positions/s × "
         "FLOPs per position; computed/trained = positions the network evaluates per position that carries loss, from "
         "overlapping windows and padding):", "",
         "| model | trained positions/s | train MFLOP / position | useful GFLOP/s | of GEMM | computed / trained positions "
