@@ -155,6 +155,8 @@ def test_incompatible_model_dir_is_refused(small_world, tmp_path):
     [
         (dict(stride=40), "--stride"),
         (dict(loss="sampled_softmax", jit_compile=True), "jit_compile"),
+        (dict(loss="sampled_softmax", strategy="tpu"), r"--loss sampled_softmax cannot be combined with --strategy tpu: .*no XLA kernel"),
+        (dict(backbone="grec", loss="sampled_softmax", strategy="tpu"), "--strategy tpu"),
         (dict(backbone="bert"), "--backbone"),
         (dict(epochs=0), "--epochs"),
     ],
