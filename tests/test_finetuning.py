@@ -302,12 +302,18 @@ def test_one_backbone_many_patches_cli(serial_run, classify_run, pretrained, sma
         np.testing.assert_allclose([float(r[3]) for r in rows[1:]], [float(r[3]) for r in expected[1:]], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("insertion", ["serial", "parallel"])
-def test_non_causal_grec_backbone_finetunes(small_world, tmp_path_factory, insertion):
-    tmp = tmp_path_factory.mktemp(f"grec-{insertion}")
+@pytest.fixture(scope="module")
+def grec_pretrained(small_world, tmp_path_factory):
+    """One GRec pretraining shared by both insertions (the pretrain does not depend on the insertion)."""
+    tmp = tmp_path_factory.mktemp("grec")
     pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
                                                      model_dir=str(tmp / "pre"), **dict(TINY_PRE, epochs=1)))
-    metrics = finetuning.run(_finetune(small_world, (pre["export_dir"], tmp), "fine", insertion=insertion, epochs=1))
+    return pre["export_dir"], tmp
+
+
+@pytest.mark.parametrize("insertion", ["serial", "parallel"])
+def test_non_causal_grec_backbone_finetunes(small_world, grec_pretrained, insertion):
+    metrics = finetuning.run(_finetune(small_world, grec_pretrained, f"fine-{insertion}", insertion=insertion, epochs=1))
     assert metrics["backbone"] == "grec" and metrics["insertion"] == insertion
     assert "checkpoints" not in metrics["export_dir"] and np.isfinite(metrics["test"]["mrr@5"])
     loaded = export.load_export(metrics["export_dir"])
