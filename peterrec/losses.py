@@ -115,9 +115,15 @@ def pairwise_sum(loss, positive, negative, weights):
     return tf.reduce_sum(per_position * tf.cast(weights, tf.float32))
 
 
-def check_jit_compatible(loss, jit_compile):
+def check_jit_compatible(loss, jit_compile, strategy="auto"):
+    """Refuse the sampled softmax where the step is XLA-compiled: ``--jit_compile`` or ``--strategy tpu``."""
     if jit_compile and loss == "sampled_softmax":
         raise ConfigError(
             "--loss sampled_softmax cannot be combined with --jit_compile: TensorFlow's candidate "
             "samplers have no XLA kernel. Use --loss full_softmax with --jit_compile, or drop --jit_compile."
+        )
+    if strategy == "tpu" and loss == "sampled_softmax":
+        raise ConfigError(
+            "--loss sampled_softmax cannot be combined with --strategy tpu: TPU steps are XLA-compiled and TensorFlow's "
+            "candidate samplers have no XLA kernel. Use --loss full_softmax on TPU."
         )

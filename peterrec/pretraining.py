@@ -172,7 +172,7 @@ class PretrainConfig(runner.DataConfig):
         else:
             for name in ZOO_FIELDS:
                 check(getattr(self, name) is None, name, f"is a setting of the zoo models ({', '.join(zoo_models())}), not of {self.backbone}")
-        losses.check_jit_compatible(self.loss, self.jit_compile)
+        losses.check_jit_compatible(self.loss, self.jit_compile, self.strategy)
 
     def _validate_zoo(self):
         model, settings = self.backbone, self.model_settings()

@@ -1,6 +1,7 @@
 """Shared fixtures: small generated datasets and quiet TensorFlow logs."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -8,6 +9,20 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
+# Child processes (``python -m pipelines.x`` from a temporary directory) import this checkout's peterrec,
+# not whichever copy happens to be installed in the environment.
+os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
+@pytest.fixture(autouse=True)
+def _isolate_op_determinism():
+    """TF op determinism is process-wide: a test that turns it on (or runs a ``deterministic=True`` Trainer, which
+    does) turns it off again when it ends, so later tests run with the default kernels they were written for.
+    A test that needs it turns it on itself (a deterministic Trainer does)."""
+    yield
+    tf_config = sys.modules.get("tensorflow.python.framework.config")
+    if tf_config is not None and tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
 
 
 @pytest.fixture(scope="session")

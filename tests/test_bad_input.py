@@ -206,6 +206,11 @@ def _check_spaced_ids(paths, result):
     assert _metadata(result["dir"])["counts"]["users_kept"] == paths["counts"]["users_kept"]
 
 
+def _check_verified(paths, result):
+    pattern = r"verified .*: 2 shards, \d+ records, \d+ bytes; SHA-256 checksums match; all record CRCs valid"
+    assert re.search(pattern, result["stdout"]), result["stdout"][-2000:]
+
+
 def _check_short_counted(paths, result):
     assert _metadata(result["dir"])["counts"]["users_skipped_short"] == 4
     assert "skipped 4 short users" in result["stdout"]
@@ -309,8 +314,7 @@ CASES = [
          r"FATAL Flags parsing error: flag --min_seq_len=-1: .*", output="out", doc="--min_seq_len -1"),
     # ---------------------------------------------------------------- convert --verify
     Case("convert-verify", "convert", ["--verify", "--data", "{set}"], 0, None,
-         check=lambda p, r: re.search(r"verified .*: 2 shards, \d+ records, \d+ bytes; SHA-256 checksums match; all record CRCs valid",
-                                      r["stdout"]), doc="convert --verify of an intact set"),
+         check=_check_verified, doc="convert --verify of an intact set"),
     Case("convert-verify-truncated-shard", "convert", ["--verify", "--data", "{case}/set"], 2,
          r"{case}/set/data-00001-of-00002\.tfrecord: shard has \d+ bytes, metadata\.json records \d+ \(truncated or modified\)",
          files={"set": lambda p, d: _copy_set(p, d, _truncate)}, doc="a shard cut short by 7 bytes"),
@@ -491,7 +495,7 @@ def test_bad_input(matrix, case):
     if case.code != 0:
         _no_partial_output(result["dir"], case.output, set(result["inputs"]))
     if case.check is not None:
-        assert case.check(paths, result) is not False
+        assert case.check(paths, result) is None, f"{case.id}: a check asserts; it must not return a value to be judged"
 
 
 def test_docs_list_every_case():

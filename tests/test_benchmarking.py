@@ -135,8 +135,12 @@ def test_missing_data_and_unknown_model_fail_first(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_gemm_rate_is_measured():
-    assert benchmarking.measure_gemm(n=256, repeats=2) > 0.1
+def test_gemm_rate_is_the_best_repeat_of_2n3_flops(monkeypatch):
+    """A fake clock: the repeats take 0.5 s, 0.25 s and 1.0 s, so the rate is 2 n^3 FLOPs in the best 0.25 s."""
+    ticks = iter([10.0, 10.5, 20.0, 20.25, 30.0, 31.0])
+    monkeypatch.setattr(benchmarking.time, "perf_counter", lambda: next(ticks))
+    assert benchmarking.measure_gemm(n=64, repeats=3) == pytest.approx(2 * 64**3 / 0.25 / 1e9, rel=1e-12)
+    assert next(ticks, None) is None  # each repeat timed exactly once
 
 
 def test_one_model_one_seed_one_epoch_benchmark(tmp_path, tiny_inter, monkeypatch):

@@ -61,3 +61,29 @@ def test_strategy_errors_name_the_flag():
         distribute.get_strategy("horovod")
     with pytest.raises(ConfigError, match="TF_CONFIG"):
         distribute.get_strategy("multiworker", tf_config=None)
+
+
+def test_a_chief_worker_tf_config_names_the_chief_as_the_writer(monkeypatch):
+    """A ``"chief"`` task type (TF_CONFIG of a chief/worker cluster): the chief writes, worker 0 does not."""
+    from peterrec.training import cluster as cluster_mod
+    from peterrec.training import locking
+
+    cluster = {"chief": ["localhost:20000"], "worker": ["localhost:20001", "localhost:20002"]}
+    text = lambda kind, index: json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})  # noqa: E731
+    parsed = distribute.parse_tf_config(text("chief", 0))
+    assert parsed == (cluster, "chief", 0, "grpc")
+    resolver = distribute.cluster_resolver(text("chief", 0))
+    assert resolver.task_type == "chief" and resolver.task_id == 0 and resolver.cluster_spec().as_dict() == cluster
+    assert [locking.is_chief_task(text(k, i)) for k, i in (("chief", 0), ("worker", 0), ("worker", 1))] == [True, False, False]
+    without_chief = json.dumps({"cluster": {"worker": cluster["worker"]}, "task": {"type": "worker", "index": 0}})
+    assert locking.is_chief_task(without_chief)
+
+    class Fake:  # what is_chief reads of a MultiWorkerMirroredStrategy: its cluster resolver
+        def __init__(self, tf_config):
+            self.resolver = distribute.cluster_resolver(tf_config)
+
+    monkeypatch.setattr(cluster_mod, "_cluster", lambda strategy: strategy.resolver)
+    for (kind, index), expected in {("chief", 0): True, ("worker", 0): False, ("worker", 1): False}.items():
+        assert cluster_mod.is_chief(Fake(text(kind, index))) is expected, (kind, index)
+    with pytest.raises(ConfigError, match="task index 1 is out of range for 1 chief"):
+        distribute.parse_tf_config(text("chief", 1))

@@ -13,7 +13,7 @@ import tensorflow as tf
 from peterrec import export, finetuning, patches, pretraining
 from peterrec.data import finetune_dataset
 from peterrec.errors import ConfigError, DataError, ExportError
-from peterrec.features import ITEM_IDS, LENGTHS, MASK_ID, NUM_RESERVED
+from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, NUM_RESERVED
 from peterrec.tasks.transfer import lambdafm_probabilities
 from peterrec.training import evaluate
 
@@ -167,15 +167,38 @@ def test_head_warmup_freezes_the_backbone_exactly_then_releases_it(small_world, 
         finetuning.run(_finetune(small_world, pretrained, "warmup-bad", head_warmup_epochs=1))
 
 
-def test_classification_reports_accuracy_and_macro_f1(small_world, pretrained):
+@pytest.fixture(scope="module")
+def classify_run(small_world, pretrained):
     cfg = _finetune(small_world, pretrained, "classify", task="classify", targets=str(small_world / "profile.inter"), insertion="parallel", epochs=2)
-    metrics = finetuning.run(cfg)
+    return cfg, finetuning.run(cfg)
+
+
+def test_classification_reports_accuracy_and_macro_f1(classify_run):
+    cfg, metrics = classify_run
     test = metrics["test"]
     assert 0.0 <= test["macro_f1"] <= 1.0
     assert abs(test["accuracy"] - test["hr@1"]) < 1e-6
     loaded = export.load_export(metrics["export_dir"])
     probs = loaded.recommend([[loaded.vocab.tokens[0]]], top_k=10)[0]
     assert len(probs) == 5 and abs(sum(p for _, p in probs) - 1.0) < 1e-4
+
+
+def test_macro_f1_against_a_hand_computed_value():
+    """Classes 4..7 (ids 0-3 reserved, scored highest here and still never predicted)."""
+    truth = np.array([4, 4, 4, 5, 5, 6, 7])
+    pred = np.array([4, 4, 5, 5, 6, 6, 4])
+    scores = np.zeros((7, 8), "float32")
+    scores[:, 0] = 9.0
+    scores[np.arange(7), pred] = 1.0
+
+    class Fixed:
+        def eval_scores(self, batch):
+            return tf.constant(scores[batch["rows"]])
+
+    batches = [{"rows": np.arange(0, 4), LABELS: tf.constant(truth[:4])}, {"rows": np.arange(4, 7), LABELS: tf.constant(truth[4:])}]
+    got = finetuning.macro_f1(Fixed(), batches)
+    # per class F1: 4: P 2/3 R 2/3 -> 2/3; 5: P 1/2 R 1/2 -> 1/2; 6: P 1/2 R 1 -> 2/3; 7: no hit -> 0
+    assert got["accuracy"] == pytest.approx(4 / 7) and got["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3 + 0) / 4)
 
 
 def test_lambdafm_probabilities_map_ranks_to_ids():
@@ -276,28 +299,45 @@ def test_evaluate_reproduces_the_jobs_test_metrics(serial_run, pretrained):
     assert abs(pre["test"]["hr@10"] - written["test"]["hr@10"]) < 1e-6
 
 
-def test_one_backbone_many_patches_cli(serial_run, pretrained, small_world, tmp_path):
-    cfg, metrics = serial_run
+def test_one_backbone_many_patches_cli(serial_run, classify_run, pretrained, small_world, tmp_path):
+    """Two patches of two tasks (next target item, serial; user class, parallel) on one backbone: each gives its own task's output."""
+    from peterrec.inference import predict_file
+
+    _, items = serial_run
+    _, classes = classify_run
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.predict", "--export", pretrained[0], "--patches", f"{metrics['patch_dir']},{metrics['patch_dir']}",
+        [sys.executable, "-m", "pipelines.predict", "--export", pretrained[0], "--patches", f"{items['patch_dir']},{classes['patch_dir']}",
          "--data", str(small_world / "source.inter"), "--top_k", "3", "--output", str(tmp_path / "p.csv")],
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    first, second = (open(tmp_path / f"predictions-{i}.csv").read() for i in (0, 1))
-    assert first == second and first.count("\n") == 1 + 3 * 800
-    assert all(row.split(",")[2].startswith("t") for row in first.splitlines()[1:4])  # target-domain ids
+    patched = [[row.split(",") for row in open(tmp_path / f"predictions-{i}.csv").read().splitlines()] for i in (0, 1)]
+    assert all(len(rows) == 1 + 3 * 800 for rows in patched)
+    assert all(row[2].startswith("t") for row in patched[0][1:])  # target-domain items
+    assert all(row[2].startswith("c") for row in patched[1][1:])  # user classes
+    for rows, metrics, name in ((patched[0], items, "items"), (patched[1], classes, "classes")):
+        own = predict_file(metrics["export_dir"], str(small_world / "source.inter"), output=str(tmp_path / f"{name}.csv"), top_k=3)
+        expected = [row.split(",") for row in open(own["output"]).read().splitlines()]
+        assert [r[:3] for r in rows] == [r[:3] for r in expected], name  # the finetuned export's own top 3, per user
+        np.testing.assert_allclose([float(r[3]) for r in rows[1:]], [float(r[3]) for r in expected[1:]], rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def grec_pretrained(small_world, tmp_path_factory):
+    """One GRec pretraining shared by both insertions (the pretrain does not depend on the insertion)."""
+    tmp = tmp_path_factory.mktemp("grec")
+    pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
+                                                     model_dir=str(tmp / "pre"), **dict(TINY_PRE, epochs=1)))
+    return pre["export_dir"], tmp
 
 
 @pytest.mark.parametrize("insertion", ["serial", None])
-def test_non_causal_grec_backbone_finetunes(small_world, tmp_path_factory, insertion):
-    tmp = tmp_path_factory.mktemp(f"grec-{insertion}")
-    pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
-                                                     model_dir=str(tmp / "pre"), **dict(TINY_PRE, epochs=1)))
-    metrics = finetuning.run(_finetune(small_world, (pre["export_dir"], tmp), "fine", insertion=insertion, epochs=1))
+def test_non_causal_grec_backbone_finetunes(small_world, grec_pretrained, insertion):
+    _, tmp = grec_pretrained
+    metrics = finetuning.run(_finetune(small_world, grec_pretrained, f"fine-{insertion}", insertion=insertion, epochs=1))
     # unset: parallel, as every non-causal script of the original (it has no non-causal serial one)
     assert metrics["backbone"] == "grec" and metrics["insertion"] == (insertion or "parallel")
-    job = json.load(open(os.path.join(tmp, "fine", "job_config.json")))
+    job = json.load(open(os.path.join(tmp, f"fine-{insertion}", "job_config.json")))
     # [MASK, src_1..src_L, MASK]: the export's max_len source items, as the original's [0, src, 0] holds its L items
     assert job["max_len"] == TINY_PRE["max_len"] + 2 and job["insertion"] == (insertion or "parallel")
     assert "checkpoints" not in metrics["export_dir"] and np.isfinite(metrics["test"]["mrr@5"])

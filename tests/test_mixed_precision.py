@@ -23,7 +23,8 @@ def _config(tmp_path, data, name, **overrides):
 
 def test_policy_choice_and_scope():
     assert distribute.precision_policy(False) is None
-    assert distribute.precision_policy(True) == "mixed_bfloat16"  # this test machine has no GPU
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert distribute.precision_policy(True) == ("mixed_float16" if on_gpu else "mixed_bfloat16")  # float16 + loss scaling on GPUs
     assert distribute.precision_policy("mixed_float16") == "mixed_float16"
     with pytest.raises(ConfigError, match="mixed_float32"):
         distribute.precision_policy("mixed_float32")
@@ -34,8 +35,12 @@ def test_policy_choice_and_scope():
     assert keras.config.dtype_policy().name == before
 
 
-def test_mixed_bfloat16_job_trains_and_exports(small_world, tmp_path):
-    """What ``--mixed_precision`` does on a CPU: bfloat16 compute, float32 variables, no loss scaling."""
+def test_mixed_bfloat16_job_trains_and_exports(small_world, tmp_path, monkeypatch):
+    """What ``--mixed_precision`` does on a CPU: bfloat16 compute, float32 variables, no loss scaling.
+    (On a GPU machine the job would pick float16; the test hides the GPUs from the policy choice so it tests bfloat16 there too.)"""
+    real_devices = tf.config.list_logical_devices
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [] if kind == "GPU" else real_devices(kind))
+    assert distribute.precision_policy(True) == "mixed_bfloat16"
     cfg = _config(tmp_path, small_world / "source.inter", "bf16", epochs=3, mixed_precision=True, learning_rate=3e-3)
     metrics = pretraining.run(cfg)
     history = [json.loads(line) for line in open(os.path.join(cfg.model_dir, "history.jsonl"))]
@@ -52,7 +57,7 @@ def test_mixed_bfloat16_job_trains_and_exports(small_world, tmp_path):
 
 
 def test_mixed_float16_trains_with_loss_scaling(small_world, tmp_path):
-    """The GPU path (run here on CPU): float16 compute, the loss scaled and unscaled by the optimizer."""
+    """The GPU path (on a CPU-only machine too): float16 compute, the loss scaled and unscaled by the optimizer."""
     cfg = _config(tmp_path, small_world / "source.inter", "fp16", learning_rate=3e-3)
     set_dir, metadata, vocab = pretraining.prepare_data(cfg)
     inputs = pretraining.build_inputs(set_dir, metadata, cfg)

@@ -122,6 +122,67 @@ def test_bad_requests_get_one_clear_4xx_and_the_server_keeps_serving(server):
     assert _request(server, "POST", serving.HEALTH_PATH, good)[0] == 405
 
 
+def _raw_post(srv, headers):
+    """A POST with exactly ``headers`` and no body (http.client would add a Content-Length); returns (status, payload)."""
+    import socket
+
+    host, port = srv.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall((f"POST {serving.RECOMMEND_PATH} HTTP/1.1\r\nHost: x\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                      + "\r\n").encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def test_no_content_length_is_411_and_an_oversize_body_is_413_unread(server):
+    good = {"sequences": [["i1", "i2"]], "k": 3}
+    status, payload = _raw_post(server, {"Content-Type": "application/json"})
+    assert status == 411 and "Content-Length header is required" in payload["error"]
+    status, payload = _raw_post(server, {"Content-Length": "12abc"})
+    assert status == 411
+    too_big = serving.MAX_BODY_BYTES + 1
+    status, payload = _raw_post(server, {"Content-Length": str(too_big)})  # the body is never sent: the server must not wait for it
+    assert status == 413 and f"the body has {too_big} bytes; at most {serving.MAX_BODY_BYTES}" in payload["error"]
+    ok, out = _request(server, "POST", serving.RECOMMEND_PATH, good)
+    assert ok == 200 and len(out["items"][0]) == 3
+
+
+@pytest.fixture(scope="module")
+def finetuned_export(small_world, tmp_path_factory):
+    """A finetuned (PeterRec, target-domain) export of a tiny pretrained NextItNet."""
+    from peterrec import finetuning, pretraining
+
+    tmp = tmp_path_factory.mktemp("serve-fine")
+    tiny = dict(epochs=1, embedding_dim=8, dilations=(1, 2), max_len=20, batch_size=64, verbose=0, num_shards=2)
+    pre = pretraining.run(pretraining.PretrainConfig(data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
+                                                     model_dir=str(tmp / "pre"), **tiny))
+    fine = finetuning.run(finetuning.FinetuneConfig(pretrained=pre["export_dir"], data=str(small_world / "source.inter"),
+                                                    targets=str(small_world / "target.inter"), tfrecord_dir=str(tmp / "tfr"),
+                                                    model_dir=str(tmp / "fine"), epochs=1, verbose=0, num_shards=2))
+    return fine["export_dir"]
+
+
+def test_http_serves_a_finetuned_export(finetuned_export, small_world):
+    loaded = export.load_export(finetuned_export)
+    rows = [line.split("\t") for line in open(small_world / "source.inter").read().splitlines()[1:200]]
+    sequences = [[item for user, item, _ in rows if user == u] for u in sorted({r[0] for r in rows})[:3]]
+    srv = serving.make_server(os.path.dirname(finetuned_export), port=0, max_batch=4, max_len=200)
+    serving.serve_in_thread(srv)
+    try:
+        status, health = _request(srv, "GET", serving.HEALTH_PATH)
+        assert status == 200 and health["vocab_hash"] == json.load(open(os.path.join(finetuned_export, "config.json")))["vocab_hash"]
+        status, out = _request(srv, "POST", serving.RECOMMEND_PATH, {"sequences": sequences, "k": 5})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert status == 200, out
+    expected = loaded.recommend(sequences, top_k=5)
+    assert out["items"] == [[item for item, _ in row] for row in expected]
+    assert all(item.startswith("t") for row in out["items"] for item in row)  # target-domain items, not source items
+    np.testing.assert_allclose(out["scores"], [[score for _, score in row] for row in expected], rtol=1e-5, atol=1e-6)
+
+
 BLOCKED_IMPORT = r"""
 import json, sys
 

@@ -214,6 +214,49 @@ def test_tfds_without_package_says_how_to_install():
         read_sequences("movielens/100k-ratings", "tfds")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None, reason="tensorflow_datasets not installed (pip install -e .[tfds])")
+def test_a_local_tfds_dataset_reads_and_converts_like_the_same_inter_file(tmp_path, monkeypatch):
+    """--format tfds end to end on a tiny TFDS dataset built here (a GeneratorBasedBuilder, nothing downloaded)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from peterrec.data import convert
+
+    rows = [(f"u{u}", f"m{(u * 7 + t * 3) % 23}", 4.0, 1000 * u + 10 * (6 - t)) for u in range(12) for t in range(6)]  # times descend
+
+    class PeterrecTinyRatings(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"user_id": tf.string, "movie_id": tf.string, "user_rating": tf.float32, "timestamp": tf.int64}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for key, (user, item, rating, time) in enumerate(rows):
+                yield key, {"user_id": user, "movie_id": item, "user_rating": rating, "timestamp": time}
+
+    data_dir = tmp_path / "tfds"
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+    PeterrecTinyRatings(data_dir=str(data_dir)).download_and_prepare()
+    inter = tmp_path / "same.inter"
+    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                     + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    from_tfds, stats = read_sequences("peterrec_tiny_ratings", "tfds")
+    from_inter, _ = read_sequences(str(inter), "inter")
+    assert stats["interactions"] == len(rows) and len(from_tfds) == 12
+    assert sorted((s.user, s.items) for s in from_tfds) == sorted((s.user, s.items) for s in from_inter)  # time-ordered, as the .inter
+    meta_tfds = convert.convert("peterrec_tiny_ratings", "tfds", str(tmp_path / "set_tfds"), num_shards=1)
+    meta_inter = convert.convert(str(inter), "inter", str(tmp_path / "set_inter"), num_shards=1)
+    assert meta_tfds["counts"] == meta_inter["counts"]
+    from peterrec.data.vocab import Vocabulary
+
+    vocabs = [Vocabulary.load(str(tmp_path / name)) for name in ("set_tfds", "set_inter")]  # (ids and split follow reading order)
+    assert sorted(vocabs[0].tokens) == sorted(vocabs[1].tokens)
+
+
 @pytest.mark.skipif(not os.path.isfile(ML100K), reason="../shared ml-100k absent")
 def test_ml100k():
     sequences, stats = read_sequences(ML100K, "auto")

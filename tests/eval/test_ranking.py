@@ -54,14 +54,37 @@ def test_sampled_ranks_on_a_constructed_case():
 
 
 def test_sampled_negatives_never_hit_the_target_or_reserved_ids():
-    scores = tf.zeros((256, 30))
-    targets = tf.constant(np.random.default_rng(0).integers(4, 30, 256))
-    draws = tf.random.stateless_uniform([256, 99], seed=(0, 0), minval=4, maxval=29, dtype=tf.int32)
-    negatives = draws + tf.cast(draws >= tf.cast(targets, tf.int32)[:, None], tf.int32)
-    assert int(tf.reduce_min(negatives)) >= 4 and int(tf.reduce_max(negatives)) <= 29
-    assert not np.any(negatives.numpy() == targets.numpy()[:, None])
+    # Reserved ids and the target score 1, every other id 0; ties count against the target, so a negative
+    # drawn from a reserved id or from the target itself would raise its rank above 0.
+    rng = np.random.default_rng(0)
+    targets = rng.integers(4, 30, 512)
+    scores = np.zeros((512, 30), "float32")
+    scores[:, :4] = 1.0
+    scores[np.arange(512), targets] = 1.0
+    ranks = ranking.sampled_ranks(tf.constant(scores), tf.constant(targets), 99, seed=(0, 0)).numpy()
+    assert ranks.tolist() == [0] * 512
+    # the top real id (V - 1) is drawn too (an off-by-one upper bound would never draw it)
+    scores = np.zeros((512, 30), "float32")
+    scores[:, 29] = 2.0
+    scores[:, 4] = 1.0
+    ranks = ranking.sampled_ranks(tf.constant(scores), tf.constant([4] * 512), 99, seed=(0, 0)).numpy()
+    assert ranks.mean() == pytest.approx(99 / 25, rel=0.1)  # id 29 is one of the 25 real ids other than the target
     # all ties -> every target ranks last among 100 candidates
-    assert ranking.sampled_ranks(scores, targets, 99).numpy().tolist() == [99] * 256
+    targets = tf.constant(rng.integers(4, 30, 256))
+    assert ranking.sampled_ranks(tf.zeros((256, 30)), targets, 99).numpy().tolist() == [99] * 256
+
+
+def test_sampled_negatives_are_uniform_over_the_other_real_ids():
+    # Row r (one per real id k != target) scores only id k above the target: its rank counts the draws of k.
+    vocab, target, replicas = 20, 9, 300
+    others = [k for k in range(4, vocab) if k != target]
+    scores = np.zeros((len(others) * replicas, vocab), "float32")
+    scores[:, target] = 0.5
+    for i, k in enumerate(others):
+        scores[i * replicas:(i + 1) * replicas, k] = 1.0
+    ranks = ranking.sampled_ranks(tf.constant(scores), tf.constant([target] * len(scores)), 99, seed=(3, 4)).numpy()
+    per_id = ranks.reshape(len(others), replicas).mean(axis=1)
+    np.testing.assert_allclose(per_id, 99 / len(others), rtol=0.12)  # ~6.6 draws of each id per row; sd of a mean ~0.14
 
 
 @pytest.mark.parametrize("count", [0, 4])
