@@ -34,6 +34,8 @@ VARIANT_OPTIONS = {
     "warmup3": {"head_warmup_epochs": 3},  # fineall/scratch: 3 epochs of head only, then everything (LP-FT)
     "sep": {"pooling": "sep", "user_norm": False},  # the original's user vector: the separator's output, no norm (fidelity f11)
     "meannorm": {"pooling": "mean", "user_norm": True},  # mean over the source items' outputs + LayerNorm (classify default)
+    "src49": {"max_len": 51},  # non-causal: [MASK, 49 source items, MASK] from a max_len-50 export (before issue #19: one item fewer)
+    "lr5e-4": {"learning_rate": 5e-4},  # the original PeterRec_cau_serial's learning rate (fidelity f14)
 }
 MODE_ORDER = ["peterrec", "fineall", "finelast", "finecls", "scratch"]
 
