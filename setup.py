@@ -19,7 +19,8 @@ setup(
         "h5py",
     ],
     extras_require={
-        "tfds": ["tensorflow-datasets"],
+        # tensorflow-datasets imports importlib_resources (through etils.epath) without declaring it.
+        "tfds": ["tensorflow-datasets", "importlib_resources"],
         "tune": ["optuna>=3.2"],
         "bench": ["scikit-learn"],  # the logistic-regression baseline of benchmarks/transfer_real.py
         "test": ["pytest", "optuna>=3.2"],

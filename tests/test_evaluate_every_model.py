@@ -18,6 +18,10 @@ DAY = 86400
 SETTINGS = {
     "nextitnet": dict(embedding_dim=8, dilations=(1, 2), max_len=8, stride=4),
     "grec": dict(embedding_dim=8, dilations=(1, 2), max_len=8, stride=4),
+    "sasrec": dict(embedding_dim=8, max_len=8, stride=4, num_heads=2),
+    "narm": dict(embedding_dim=8, max_len=8, stride=4),
+    "stamp": dict(embedding_dim=8, max_len=8, stride=4),
+    "gru4rec": dict(embedding_dim=8, max_len=8, stride=4),
     "bert4rec": dict(embedding_dim=8, max_len=8, stride=4, num_heads=2, inner_size=16),
     "caser": dict(max_len=3, T=1, embedding_dim=8, nh=2, nv=2, batch_size=32),
     "atrank": dict(embedding_dim=8, field_dim=8, num_heads=2, batch_size=16, item_fields=("category",)),
