@@ -25,6 +25,7 @@ SETTINGS = {
     "bert4rec": dict(embedding_dim=8, max_len=8, stride=4, num_heads=2, inner_size=16),
     "caser": dict(max_len=3, T=1, embedding_dim=8, nh=2, nv=2, batch_size=32),
     "atrank": dict(embedding_dim=8, field_dim=8, num_heads=2, batch_size=16, item_fields=("category",)),
+    "casr": dict(embedding_dim=8, max_len=8, stride=4),  # narm sampler -> stamp anchor; the export is the anchor
     "miir": dict(embedding_dim=8, num_heads=2, num_layers=1, inner_size=16, batch_size=16, max_len=8, item_fields=("category",)),
 }
 
