@@ -116,14 +116,14 @@ def _is_embedding(weight):
 
 def computed_per_trained(cfg, set_dir):
     """Positions the network computes per trained position (overlapping windows, padding); None if unknown."""
-    from peterrec.data import dataset, tfrecord
+    from peterrec.data import cloze, dataset, tfrecord
 
     if not all(hasattr(cfg, k) for k in ("max_len", "batch_size")):
         return None
     metadata = tfrecord.load_metadata(set_dir)
     if getattr(cfg, "backbone", None) == "grec":
-        steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
-        targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
+        steps = cloze.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
+        targets = cloze.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
     elif hasattr(cfg, "stride"):
         steps = dataset.steps_per_epoch(metadata, cfg.max_len, cfg.stride, cfg.batch_size)
         targets = dataset.num_train_targets(metadata)

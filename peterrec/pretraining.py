@@ -6,7 +6,7 @@ Backbones (``PretrainConfig.backbone``):
   (:class:`NextItemTask` on :func:`dataset.train_dataset` windows);
 * ``"grec"``: the GRec encoder (``NextItNetBackbone(causal=False)``), masked-item
   ("cloze") objective (:class:`MaskedItemTask` on
-  :func:`dataset.cloze_train_dataset` chunks, ``mask_prob`` /
+  :func:`cloze.cloze_train_dataset` chunks, ``mask_prob`` /
   ``max_predictions``), evaluated and served with the "end mask". The
   original GRec uses sampled softmax; peterrec keeps the config's ``loss``
   (full softmax by default) and ``loss="sampled_softmax"`` reproduces it;
@@ -38,7 +38,7 @@ import keras
 
 from peterrec import losses, recipes, runner
 from peterrec.backbones.nextitnet import DEFAULT_DILATIONS
-from peterrec.data import dataset, tfrecord
+from peterrec.data import cloze, dataset, tfrecord
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
 from peterrec.tasks.next_item import LOSSES, OUTPUTS
@@ -218,9 +218,9 @@ def build_inputs(set_dir, metadata, cfg):
     """``TrainInputs``: next-item windows (``max_len`` items every ``stride``), or for the GRec encoder masked
     chunks (scored with the end mask); the same evaluation rows for both."""
     if cfg.is_cloze:
-        steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size, cfg.shuffle)
-        targets = dataset.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
-        train_dataset, train_settings = dataset.cloze_train_dataset, dict(
+        steps = cloze.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size, cfg.shuffle)
+        targets = cloze.num_cloze_targets(metadata, cfg.max_len, cfg.mask_prob, cfg.max_predictions)
+        train_dataset, train_settings = cloze.cloze_train_dataset, dict(
             vocabulary_size=int(metadata["vocab_size"]), mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions
         )
     else:

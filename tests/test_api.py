@@ -117,3 +117,8 @@ def test_no_import_cycle():
         if module not in state:
             visit(module, [])
     assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_no_library_module_over_400_lines():
+    long = {str(path.relative_to(ROOT)): n for path in (ROOT / "peterrec").rglob("*.py") if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, f"split these modules (issue #15: none over ~400 lines): {long}"

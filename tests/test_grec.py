@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from peterrec import export, pretraining
-from peterrec.data import dataset, tfrecord
+from peterrec.data import cloze, tfrecord
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, NUM_RESERVED, PAD_ID, ROLE_LOO, ROLE_TEST, ROLE_TRAIN, ROLE_VALID, SAMPLE_WEIGHT
@@ -33,7 +33,7 @@ def _random_chunks(n, max_len, vocab, seed=0):
 
 
 def _mask(ids, lengths, seed, vocab, **kwargs):
-    out = dataset.mask_positions(tf.constant(ids), tf.constant(lengths), tf.constant(seed, tf.int64), vocabulary_size=vocab, **kwargs)
+    out = cloze.mask_positions(tf.constant(ids), tf.constant(lengths), tf.constant(seed, tf.int64), vocabulary_size=vocab, **kwargs)
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -48,7 +48,7 @@ def test_masking_rule_on_a_large_sample():
     np.testing.assert_array_equal(out[ITEM_IDS][~chosen], ids[~chosen])  # only chosen positions change
     expected = [min(30, max(1, int(np.floor(0.3 * w + 0.5)))) for w in lengths]  # half away from zero (Python 2's round)
     np.testing.assert_array_equal(chosen.sum(axis=1), expected)
-    assert dataset.num_masked(5) == 2 and dataset.num_masked(15) == 5 and dataset.num_masked(1) == 1 and dataset.num_masked(200) == 30
+    assert cloze.num_masked(5) == 2 and cloze.num_masked(15) == 5 and cloze.num_masked(1) == 1 and cloze.num_masked(200) == 30
     new, old = out[ITEM_IDS][chosen], ids[chosen]
     shares = {"mask": np.mean(new == MASK_ID), "keep": np.mean(new == old), "random": np.mean((new != MASK_ID) & (new != old))}
     assert abs(shares["mask"] - 0.8) < 0.01 and abs(shares["keep"] - 0.1) < 0.01 and abs(shares["random"] - 0.1) < 0.01, shares
@@ -70,13 +70,13 @@ def test_mask_count_rounds_half_away_from_zero_as_the_original():
     Python twin and in the TF masking itself."""
     halves = {5: 2, 15: 5, 25: 8, 35: 11, 55: 17, 75: 23, 95: 29}
     for w, count in halves.items():
-        assert dataset.num_masked(w) == count, w
+        assert cloze.num_masked(w) == count, w
     max_len = 100
     lengths = np.array(list(halves), np.int32)
     ids = np.where(np.arange(max_len)[None, :] < lengths[:, None], NUM_RESERVED, PAD_ID).astype(np.int32)
     out = _mask(ids, lengths, [3, 9], 50)
     np.testing.assert_array_equal((out[SAMPLE_WEIGHT] > 0).sum(axis=1), list(halves.values()))
-    assert dataset.round_half_away(4.5) == 5 and dataset.round_half_away(4.499999) == 4 and dataset.round_half_away(7.5) == 8
+    assert cloze.round_half_away(4.5) == 5 and cloze.round_half_away(4.499999) == 4 and cloze.round_half_away(7.5) == 8
 
 
 def test_mask_prob_and_max_predictions():
@@ -109,32 +109,32 @@ def chunk_set(tmp_path):
 def _cloze(set_dir, steps, **kwargs):
     args = dict(max_len=5, batch_size=1, steps=steps, seed=3, vocabulary_size=700)
     args.update(kwargs)
-    return list(dataset.cloze_train_dataset(set_dir, **args).as_numpy_iterator())
+    return list(cloze.cloze_train_dataset(set_dir, **args).as_numpy_iterator())
 
 
 def test_chunks_cover_each_training_item_once(chunk_set):
     set_dir, metadata = chunk_set
-    chunks = dataset.num_cloze_chunks(metadata, 5)
+    chunks = cloze.num_cloze_chunks(metadata, 5)
     assert chunks == 5 + 2 + 3 + 1
-    assert dataset.cloze_steps_per_epoch(metadata, 5, 4) == 3
+    assert cloze.cloze_steps_per_epoch(metadata, 5, 4) == 3
     batches = _cloze(set_dir, chunks)
     labels = np.concatenate([b[LABELS] for b in batches])
     weights = np.concatenate([b[SAMPLE_WEIGHT] for b in batches])
     trained = sorted(labels[labels != PAD_ID].tolist())
     assert trained == [*range(100, 123), *range(200, 207), *range(300, 312), 400]  # never held-out items or valid/test users
-    assert weights.sum() == dataset.num_cloze_targets(metadata, 5)
+    assert weights.sum() == cloze.num_cloze_targets(metadata, 5)
     rows = {tuple(r[r != PAD_ID]) for r in labels}
     assert tuple(range(118, 123)) in rows and (100, 101, 102) in rows  # cut from the end: the most recent items fill a chunk
     assert tuple(range(307, 312)) in rows and (300, 301) in rows
     for row, w in zip(labels, weights):
         real = row != PAD_ID
         assert np.all(real[: real.sum()]) and not np.any(real[real.sum():])  # right-padded
-        assert w.sum() == dataset.num_masked(real.sum()) and not np.any(w[~real])
+        assert w.sum() == cloze.num_masked(real.sum()) and not np.any(w[~real])
 
 
 def test_cloze_stream_is_seeded_and_resumable(chunk_set):
     set_dir, metadata = chunk_set
-    steps = dataset.num_cloze_chunks(metadata, 5)
+    steps = cloze.num_cloze_chunks(metadata, 5)
     first = _cloze(set_dir, steps)
     again = _cloze(set_dir, steps)
     resumed = _cloze(set_dir, steps, skip_steps=4)

@@ -28,7 +28,7 @@ from peterrec.settings import coerce, resolve_field
 # Batch layouts: how a TFRecord row becomes training batches (peterrec.data.dataset and friends).
 LAYOUTS = {
     "windows": "next item at every position of max_len-item windows (data.dataset.train_dataset)",
-    "cloze": "masked-item chunks, scored with the end mask (data.dataset.cloze_train_dataset)",
+    "cloze": "masked-item chunks, scored with the end mask (data.cloze.cloze_train_dataset)",
     "caser_windows": "L inputs + T targets per window with sampled negatives (data.caser_dataset)",
     "candidate_pairs": "history + one candidate and its label, item side information (ATRank)",
     "mii_cells": "masked item-attribute cells (MIIR's MII pretraining and finetuning)",

@@ -15,7 +15,7 @@ import keras
 
 from peterrec import export
 from peterrec import recipes
-from peterrec.data import dataset
+from peterrec.data import cloze, dataset
 from peterrec.errors import ConfigError
 from peterrec.jobs import check
 from peterrec.models.miir import ATTENTIONS, MIIR
@@ -116,7 +116,7 @@ def build_miir_job(cfg, set_dir, metadata, vocab, item_features) -> SideInfoJob:
     cfg = cfg.validate()
     features = item_features.discard(cfg.discard_share, cfg.seed).standardized()
     spec = features.spec()
-    steps = dataset.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
+    steps = cloze.cloze_steps_per_epoch(metadata, cfg.max_len, cfg.batch_size)
 
     def train_fn(epoch, skip_steps, ctx):
         return tasks.train_dataset(
@@ -157,7 +157,7 @@ def build_miir_job(cfg, set_dir, metadata, vocab, item_features) -> SideInfoJob:
 
     train_config = cfg.train_config(monitor="mrr", eval_protocol="full", optimizer_factory=optimizer)
     record = dataclasses.asdict(cfg) | {"item_fields": list(features.fields)}
-    targets = dataset.num_cloze_chunks(metadata, cfg.max_len)
+    targets = cloze.num_cloze_chunks(metadata, cfg.max_len)
     inputs = TrainInputs(train=train_fn, evaluate=eval_fn, steps_per_epoch=steps, targets_per_epoch=targets)
     return SideInfoJob(task_factory, inputs, metric_fn, report_fn, train_config, cfg.max_len, record, features)
 

@@ -2,7 +2,7 @@
 
 docs/peterrec.md section 3. The backbone is the non-causal NextItNet
 (``NextItNetBackbone(causal=False)``); training batches come from
-:func:`peterrec.data.dataset.cloze_train_dataset`.
+:func:`peterrec.data.cloze.cloze_train_dataset`.
 """
 
 from __future__ import annotations
