@@ -20,6 +20,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+sys.path.insert(0, ROOT)
+from benchmarks.protocol import write_markdown  # noqa: E402
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k", "ml-100k.inter")
 METHODS = ("heuristic", "learning", "ad")
 
@@ -143,8 +145,7 @@ def write_results(args, entries):
               + f"; popularity test MRR@10 {rows[0]['popularity_test_mrr@10']:.4f}. One seed per row and the seed-to-seed spread was "
               "not measured, so differences of a few thousandths of MRR@10 are not established; the generated-samples count of `ad` is the prefixes "
               "it intervenes on in every step, its flip rate the in-step one."]
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_markdown(lines, args.name)
     _plot(rows, os.path.join(RESULTS, f"{args.name}.png"))
 
 

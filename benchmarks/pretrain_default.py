@@ -18,6 +18,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.protocol import write_markdown  # noqa: E402
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
@@ -66,9 +68,7 @@ def main():
         f"| popularity | {p['hr@10']:.4f} | {p['ndcg@10']:.4f} | {p['mrr@10']:.4f} | — | — | — | — | — |",
         "",
     ]
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_markdown(lines, args.name, echo=True)
 
 
 if __name__ == "__main__":

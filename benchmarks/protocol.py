@@ -7,6 +7,7 @@ import statistics
 
 ML100K = os.path.join("..", "shared", "data", "ml-100k", "ml-100k.inter")
 KS = (5, 10, 20)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # RecBole 1.2.1's defaults for sequential models, as peterrec settings.
 PROTOCOL = {"split": "loo", "max_len": 50, "eval_protocol": "full", "min_seq_len": 3, "k_core": 0, "dedup": False, "rating_threshold": None}
 # RecBole 1.2.1 reference runs on a 2-core CPU (batch 256, Adam 1e-3, embedding 64; /work/shared/docs/benchmark_protocol.md).
@@ -56,3 +57,13 @@ def mean_sd(values):
 def fmt(values, digits=4):
     m, s = mean_sd(values)
     return "—" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def write_markdown(lines, name, *, echo=False):
+    """Write ``lines`` to ``benchmarks/results/<name>.md`` (and print them with ``echo``); returns the path."""
+    path = os.path.join(RESULTS, f"{name}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if echo:
+        print("\n".join(lines))
+    return path

@@ -26,6 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
+from benchmarks.protocol import write_markdown  # noqa: E402
 
 
 def _sequences(data, count, length, seed):
@@ -206,9 +207,7 @@ def main():
         f"batch 32 p50 {direct['32']['p50_ms']} ms / p99 {direct['32']['p99_ms']} ms.",
         "",
     ]
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_markdown(lines, args.name, echo=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.protocol import write_markdown  # noqa: E402
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
 
@@ -154,8 +155,7 @@ def write(args, rows):
         "Runs in the plot: `miir` = no MII pretraining, `mii` = the MII stage alone, `miir_mii` = MII pretraining +",
         "finetuning, `_discard` = 50 % of the genres discarded (the original's default setting).",
     ]
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_markdown(lines, args.name)
     _plot(rows, os.path.join(RESULTS, f"{args.name}.png"))
 
 

@@ -21,7 +21,7 @@ import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks.*
 
-from benchmarks.protocol import fmt, mean_sd  # noqa: E402
+from benchmarks.protocol import fmt, mean_sd, write_markdown  # noqa: E402
 from peterrec import finetuning, pretraining  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,8 +174,7 @@ def write_results(raw, args, quiet=False):
                         f"({'ok' if p[0] - sc[0] > 2 * max(p[1], sc[1]) else 'NOT above'}); FineAll − scratch = {fa[0] - sc[0]:+.4f} vs 2 sd = {2 * max(fa[1], sc[1]):.4f} "
                         f"({'ok' if fa[0] - sc[0] > 2 * max(fa[1], sc[1]) else 'NOT above'})"
                     )
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_markdown(lines, args.name)
     plot(summary, keys, os.path.join(RESULTS, f"{args.name}.png"))
     if not quiet:
         print("\n".join(lines))

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import bag_of_items  # noqa: E402
 import ml100k_tasks  # noqa: E402
-from benchmarks.protocol import fmt, mean_sd  # noqa: E402
+from benchmarks.protocol import fmt, mean_sd, write_markdown  # noqa: E402
 from transfer import MODE_ORDER, VARIANT_OPTIONS, label, load_or_run, variants  # noqa: E402
 
 from peterrec import finetuning, pretraining, training  # noqa: E402
@@ -225,8 +225,7 @@ def write_results(raw, baselines, stats, pretrained, args, quiet=False):
                 paired = fmt([mine[s] - sc_seed[s] for s in mine if s in sc_seed])
                 parts.append(f"− scratch = {p[0] - sc[0]:+.4f} vs 2 sd {margin:.4f} (paired {paired}; {'ok' if p[0] - sc[0] >= margin else 'NOT met'})")
             lines.append(f"- {key[0]} PeterRec {key[2]}, {t} {TASK_METRICS[kind(t)][0][1]}: " + "; ".join(parts))
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_markdown(lines, args.name)
     plot(summary, keys, tasks, os.path.join(RESULTS, f"{args.name}.png"))
     if not quiet:
         print("\n".join(lines))
