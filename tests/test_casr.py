@@ -142,6 +142,38 @@ def test_boundary_search_differentiates_only_the_input_embedding(world):
     assert float(tf.reduce_mean(after)) < float(tf.reduce_mean(hinge))  # the search moves towards the decision boundary
 
 
+def test_ad_replacement_raises_the_anchors_loss_on_the_batch(world):
+    """CASR "AD": the chosen replacement gives the anchor a higher loss than a random replacement at the same position."""
+    task = world["sampler"].task  # a trained anchor (as its own labeller: y' = the sampler's top-1 on the new prefix)
+    learning = counterfactual.Intervention(method="learning", index=1)
+    batch = next(iter(generate.training_prefixes(world["set_dir"], max_len=MAX_LEN, seed=0, sample=1.0, n_per_seq=1,
+                                                 intervention=learning, batch_size=256)))
+    ids, lengths, held = tf.cast(batch[ITEM_IDS], tf.int32), tf.cast(batch[LENGTHS], tf.int32), batch[counterfactual.HELDOUT]
+
+    def anchor_loss(item_ids, labels):
+        logits = last_logits(task, item_ids, lengths)
+        return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
+
+    def adversarial(**settings):
+        intervention = counterfactual.Intervention(method="ad", index=1, **settings)
+        u = tf.random.stateless_uniform([tf.shape(ids)[0], intervention.uniforms], seed=[3, 4])
+        new_ids, labels, _ = counterfactual.adversarial_samples(task, task, ids, lengths, held, u, intervention)
+        changed = tf.reduce_sum(tf.cast(tf.not_equal(new_ids, ids), tf.int32), axis=1).numpy()
+        assert np.all(changed == 1)  # exactly one item replaced per prefix
+        return anchor_loss(new_ids, labels), u, intervention
+
+    ad_loss, u, intervention = adversarial(iters=3, candidates=4)
+    positions = counterfactual.intervention_positions(lengths, intervention, u[:, 0])
+    old = tf.gather(ids, positions, batch_dims=1)
+    allowed = counterfactual.allowed_replacements(task.backbone.vocabulary_size, held, old)
+    random_ids = counterfactual.with_item(ids, positions, counterfactual.sample_rows(tf.where(allowed, 1.0, 0.0), u[:, 2]))
+    random_labels, _, _ = counterfactual.sampler_labels(task, random_ids, lengths, held)
+    random_loss = anchor_loss(random_ids, random_labels)
+    one_candidate, _, _ = adversarial(iters=3, candidates=1)
+    assert ad_loss > random_loss + 0.05, (ad_loss, random_loss)
+    assert ad_loss > one_candidate  # keeping the highest-loss candidate raises it further
+
+
 @pytest.mark.parametrize("method", ["heuristic", "learning"])
 def test_generated_sequences_respect_the_invariants_and_leave_the_sampler_unchanged(world, tmp_path, method):
     sampler = world["sampler"].task
