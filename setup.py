@@ -23,6 +23,6 @@ setup(
         "tfds": ["tensorflow-datasets", "importlib_resources"],
         "tune": ["optuna>=3.2"],
         "bench": ["scikit-learn"],  # the logistic-regression baseline of benchmarks/transfer_real.py
-        "test": ["pytest", "optuna>=3.2"],
+        "test": ["pytest", "pytest-xdist", "optuna>=3.2"],
     },
 )
