@@ -69,14 +69,15 @@ keras.utils.set_random_seed(0)
 trainer = Trainer(lambda: pretraining.build_task(cfg, vocab), inputs, model_dir,
                   TrainConfig(epochs=1, verbose=0, checkpoint_every_steps=0), strategy, callbacks=callbacks)
 initial = np.concatenate([w.numpy().ravel() for w in trainer.task.weights])
-interrupted = None
+interrupted = exit_code = None
 try:
     result = trainer.fit()
 except TrainingInterrupted as err:
-    interrupted = str(err)
+    interrupted, exit_code = str(err), err.exit_code  # what pipelines.flags.run exits with
 np.savez(out, initial=initial, final=np.concatenate([w.numpy().ravel() for w in trainer.task.weights]))
 print(json.dumps({"chief": trainer.is_chief, "steps": int(trainer.global_step.numpy()), "replicas": strategy.num_replicas_in_sync,
-                  "model_dir": trainer.model_dir, "model_dir_left": os.path.exists(trainer.model_dir), "interrupted": interrupted}))
+                  "model_dir": trainer.model_dir, "model_dir_left": os.path.exists(trainer.model_dir), "interrupted": interrupted,
+                  "exit_code": exit_code}))
 """
 
 
@@ -177,6 +178,7 @@ def test_sigterm_on_one_worker_saves_on_all_and_the_cluster_resumes(tfrecord_set
     assert [r["steps"] for r in reports] == [2, 2, STEPS]
     assert "interrupted by SIGTERM/SIGINT on another worker at global step 2" in reports[0]["interrupted"]
     assert "interrupted by SIGTERM at global step 2" in reports[1]["interrupted"] and reports[2]["interrupted"] is None
+    assert [r["exit_code"] for r in reports] == [143, 143, None]  # both workers exit 143, as the preempted one
     saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "model" / "ckpt")))
     assert saved.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 2
     _only_chief_wrote(tmp_path / "model", reports)
