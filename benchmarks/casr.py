@@ -19,9 +19,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, write_markdown  # noqa: E402
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k", "ml-100k.inter")
 METHODS = ("heuristic", "learning", "ad")
 

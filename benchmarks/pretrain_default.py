@@ -19,8 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import write_markdown  # noqa: E402
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
+from benchmarks.protocol import RESULTS, write_markdown  # noqa: E402
 
 
 def main():

@@ -24,9 +24,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, write_markdown  # noqa: E402
 
 
 def _sequences(data, count, length, seed):

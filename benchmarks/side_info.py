@@ -26,8 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import write_markdown  # noqa: E402
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
+from benchmarks.protocol import RESULTS, write_markdown  # noqa: E402
 ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
 
 

@@ -21,11 +21,10 @@ import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks.*
 
-from benchmarks.protocol import fmt, mean_sd, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, fmt, mean_sd, write_markdown  # noqa: E402
 from peterrec import finetuning, pretraining  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 # Named variants beyond (mode, insertion): extra FinetuneConfig fields and a label suffix.

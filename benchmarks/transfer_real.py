@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import bag_of_items  # noqa: E402
 import ml100k_tasks  # noqa: E402
-from benchmarks.protocol import fmt, mean_sd, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, fmt, mean_sd, write_markdown  # noqa: E402
 from transfer import MODE_ORDER, VARIANT_OPTIONS, label, load_or_run, variants  # noqa: E402
 
 from peterrec import finetuning, pretraining, training  # noqa: E402
@@ -39,7 +39,6 @@ from peterrec.data import finetune_dataset  # noqa: E402
 from peterrec.data.vocab import Vocabulary  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 ITEM_KS = (5, 10)
 # What each task reports, (key, label); the first is the headline the checks use.
 TASK_METRICS = {"items": (("mrr@5", "MRR@5"), ("hr@5", "HR@5")), "classify": (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))}
