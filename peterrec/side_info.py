@@ -161,7 +161,7 @@ def _mean_over(scorer, key, step, dataset, names):
     key = (*key, str(dataset.element_spec))
     if key not in cache:
         relaxed = tf.nest.map_structure(lambda s: tf.TensorSpec([None] * len(s.shape), s.dtype), dataset.element_spec)
-        cache[key] = tf.function(step, input_signature=[relaxed, tf.TensorSpec([], tf.int32)])
+        cache[key] = tf.function(step, input_signature=[relaxed, tf.TensorSpec([], tf.int32)], autograph=False)
     fn = cache[key]
     total, count = np.zeros(len(names)), 0.0
     for index, batch in enumerate(dataset):

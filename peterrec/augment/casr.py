@@ -19,6 +19,7 @@ from peterrec import export, io, pretraining
 from peterrec.augment import counterfactual, generate
 from peterrec.augment.embeddings import item_embedding_layer
 from peterrec.augment.task import GENERATED
+from peterrec.data.tfrecord import graph_fn
 from peterrec.errors import ExportError, VocabularyError
 from peterrec.pretraining import sequence_models
 from peterrec.tasks.next_item import NextItemTask
@@ -202,7 +203,7 @@ def anchor_inputs(cfg, anchor_cfg, set_dir, metadata, gen_dir, generated, replic
             gen_dir, max_len=cfg.max_len, beta=cfg.beta, method=method, batch_size=per_step, steps=steps,
             seed=cfg.seed, epoch=epoch, skip_steps=skip_steps, input_context=ctx,
         )
-        return tf.data.Dataset.zip(observed, extra).map(lambda o, g: {**o, GENERATED: g})
+        return tf.data.Dataset.zip(observed, extra).map(graph_fn(lambda o, g: {**o, GENERATED: g}))
 
     targets = inputs.targets_per_epoch + int(cfg.beta * per_step * steps)
     return TrainInputs(train=train_fn, evaluate=inputs.evaluate, steps_per_epoch=steps, targets_per_epoch=targets), per_step
@@ -212,9 +213,9 @@ def write_ad_samples(cfg, task, sampler, gen_dir, vocab, path):
     """``generated_samples.tsv`` for ad: the final anchor's counterfactuals of the first stored prefixes."""
     rows = []
     tokens = ["[PAD]", "[OOV]", "[MASK]", "[SEP]", *vocab.tokens]
-    ds = generate.read_records(gen_dir).map(
+    ds = generate.read_records(gen_dir).map(graph_fn(
         lambda r: {**generate.generated_row(r, max_len=cfg.max_len, beta=cfg.beta, method="ad"), "user": r["user"]}
-    )
+    ))
     intervention = cfg.intervention()
     seed = tf.random.Generator.from_seed(cfg.seed)
     for batch in ds.take(cfg.inspect_rows).batch(256):

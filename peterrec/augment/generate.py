@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from peterrec.augment.counterfactual import HELDOUT, MAX_HELDOUT, POSITIONS_KEY, candidates, intervention_positions, min_prefix_length
 from peterrec.data import dataset, tfrecord
+from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID, ROLE_TRAIN, SAMPLE_WEIGHT
 
 
@@ -93,7 +94,7 @@ def training_prefixes(set_dir, *, max_len, seed, sample, n_per_seq, intervention
     build = lambda u, r: _user_prefixes(  # noqa: E731
         u, r, max_len=max_len, seed=seed, sample=sample, n_per_seq=n_per_seq, intervention=intervention
     )
-    ds = ds.map(build).flat_map(tf.data.Dataset.from_tensor_slices).filter(lambda row: row["selected"])
+    ds = ds.map(graph_fn(build)).flat_map(tf.data.Dataset.from_tensor_slices).filter(graph_fn(lambda row: row["selected"]))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -155,7 +156,7 @@ def generate(
         set_dir, max_len=max_len, seed=seed, sample=sample, n_per_seq=n_per_seq, intervention=intervention, batch_size=batch_size
     )
     popularity = tf.constant(np.asarray(vocab.counts, np.float32))
-    step = None if intervention.method == "ad" else tf.function(lambda b: candidates(sampler, b, intervention, popularity), reduce_retracing=True)
+    step = None if intervention.method == "ad" else tf.function(lambda b: candidates(sampler, b, intervention, popularity), reduce_retracing=True, autograph=False)
     stats = {"selected": 0, "generated": 0, "flipped": 0}
     rows = []
     tokens = np.asarray(["[PAD]", "[OOV]", "[MASK]", "[SEP]", *vocab.tokens], dtype=object)
@@ -255,6 +256,6 @@ def generated_batches(set_dir, *, max_len, beta, method, batch_size, steps, seed
     ds = read_records(set_dir)
     if input_context is not None and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    ds = ds.map(lambda r: generated_row(r, max_len=max_len, beta=beta, method=method), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(graph_fn(lambda r: generated_row(r, max_len=max_len, beta=beta, method=method)), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.shuffle(20000, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return dataset.epoch_batches(ds, batch_size, steps, skip_steps, input_context)

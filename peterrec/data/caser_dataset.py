@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from peterrec.data import dataset
+from peterrec.data.tfrecord import graph_fn
 from peterrec.errors import DataError
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, NUM_RESERVED, PAD_ID, SAMPLE_WEIGHT, USER_INDEX
 
@@ -108,7 +109,7 @@ def scan_users(set_dir, vocabulary_size=None):
         items = dataset.train_items(record)
         return record["user"], tf.size(items), tf.size(tf.unique(_real_items(items)).y)
 
-    chunks = list(dataset._records(set_dir).map(summary, num_parallel_calls=AUTOTUNE).batch(8192).as_numpy_iterator())
+    chunks = list(dataset._records(set_dir).map(graph_fn(summary), num_parallel_calls=AUTOTUNE).batch(8192).as_numpy_iterator())
     users = np.concatenate([c[0] for c in chunks]) if chunks else np.array([], dtype=object)
     lengths = np.concatenate([c[1] for c in chunks]) if chunks else np.array([], np.int32)
     distinct = np.concatenate([c[2] for c in chunks]) if chunks else np.array([], np.int32)
@@ -197,12 +198,12 @@ def train_windows(set_dir, users: CaserUsers, *, L, T, neg_samples, vocabulary_s
     epoch_seed = int(seed) * 1000 + int(epoch)
     table = users.table()
     ds = dataset._records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
-    ds = ds.map(lambda r: (dataset.train_items(r), table.lookup(r["user"])), num_parallel_calls=AUTOTUNE)
-    ds = ds.filter(lambda items, user: tf.size(items) >= 1)
+    ds = ds.map(graph_fn(lambda r: (dataset.train_items(r), table.lookup(r["user"]))), num_parallel_calls=AUTOTUNE)
+    ds = ds.filter(graph_fn(lambda items, user: tf.size(items) >= 1))
     windows = lambda items, user: user_windows(  # noqa: E731
         items, user, L=L, T=T, neg_samples=neg_samples, vocabulary_size=vocabulary_size, epoch_seed=epoch_seed
     )
-    return ds.map(windows, num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
+    return ds.map(graph_fn(windows), num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
 
 
 def train_dataset(
@@ -244,7 +245,7 @@ def eval_dataset(set_dir, split, users: CaserUsers, *, L, batch_size, with_histo
     table = users.table()
     if not with_history:
         ds = dataset.eval_dataset(set_dir, split, max_len=L, batch_size=batch_size, input_context=input_context)
-        return ds.map(lambda b: {**b, USER_INDEX: table.lookup(b["user"])})
+        return ds.map(graph_fn(lambda b: {**b, USER_INDEX: table.lookup(b["user"])}))
     if split not in dataset.EVAL_SPLITS:
         raise ValueError(f"split must be one of {dataset.EVAL_SPLITS}, got {split!r}")
 
@@ -261,6 +262,6 @@ def eval_dataset(set_dir, split, users: CaserUsers, *, L, batch_size, with_histo
             HOLDOUT: target[None],
         }
 
-    ds = dataset._records(set_dir, input_context=input_context).map(row, num_parallel_calls=AUTOTUNE)
-    ds = ds.filter(lambda r: r[LABELS] >= 0)
+    ds = dataset._records(set_dir, input_context=input_context).map(graph_fn(row), num_parallel_calls=AUTOTUNE)
+    ds = ds.filter(graph_fn(lambda r: r[LABELS] >= 0))
     return ds.padded_batch(dataset.per_replica_batch_size(batch_size, input_context), padding_values=PAD_ID).prefetch(AUTOTUNE)

@@ -15,6 +15,7 @@ import math
 import tensorflow as tf
 
 from peterrec.data.dataset import AUTOTUNE, _records, epoch_batches, epoch_steps, order_seed, train_items, training_lengths
+from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, MASK_ID, NUM_RESERVED, PAD_ID, SAMPLE_WEIGHT
 
 
@@ -144,7 +145,7 @@ def cloze_train_dataset(
     num_pipelines = input_context.num_input_pipelines if input_context is not None else 1
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
     ds = _records(set_dir, shuffle_seed=shuffle_seed, input_context=input_context)
-    ds = ds.map(train_items, num_parallel_calls=AUTOTUNE).filter(lambda items: tf.size(items) >= 1).enumerate()
+    ds = ds.map(graph_fn(train_items), num_parallel_calls=AUTOTUNE).filter(graph_fn(lambda items: tf.size(items) >= 1)).enumerate()
 
     def chunk_and_mask(index, items):
         chunks, lengths = _chunks(items, max_len)
@@ -153,7 +154,7 @@ def cloze_train_dataset(
             chunks, lengths, user_seed, vocabulary_size=vocabulary_size, mask_prob=mask_prob, max_predictions=max_predictions
         )
 
-    ds = ds.map(chunk_and_mask, num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
+    ds = ds.map(graph_fn(chunk_and_mask), num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
     ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).repeat()
     return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 

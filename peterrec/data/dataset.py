@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from peterrec.data import tfrecord
+from peterrec.data.tfrecord import graph_fn
 from peterrec.errors import ConfigError
 from peterrec.features import (
     ITEM_IDS,
@@ -226,8 +227,8 @@ def train_dataset(
     """
     epoch_seed = order_seed(seed, epoch, shuffle)
     ds = _records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
-    ds = ds.map(train_items, num_parallel_calls=AUTOTUNE).filter(lambda items: tf.size(items) >= 2)
-    ds = ds.flat_map(lambda items: tf.data.Dataset.from_tensor_slices(_windows(items, max_len, stride, pad_as_item)))
+    ds = ds.map(graph_fn(train_items), num_parallel_calls=AUTOTUNE).filter(graph_fn(lambda items: tf.size(items) >= 2))
+    ds = ds.flat_map(graph_fn(lambda items: tf.data.Dataset.from_tensor_slices(_windows(items, max_len, stride, pad_as_item))))
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 
@@ -237,8 +238,8 @@ def eval_dataset(set_dir, split, *, max_len, batch_size, input_context=None):
     if split not in EVAL_SPLITS:
         raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     ds = _records(set_dir, input_context=input_context)
-    ds = ds.map(lambda r: _eval_row(r, split, max_len), num_parallel_calls=AUTOTUNE)
-    ds = ds.filter(lambda row: row[LABELS] >= 0)
+    ds = ds.map(graph_fn(lambda r: _eval_row(r, split, max_len)), num_parallel_calls=AUTOTUNE)
+    ds = ds.filter(graph_fn(lambda row: row[LABELS] >= 0))
     return ds.batch(per_replica_batch_size(batch_size, input_context)).prefetch(AUTOTUNE)
 
 

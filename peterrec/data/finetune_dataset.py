@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from peterrec.data import tfrecord
 from peterrec.data.dataset import AUTOTUNE, _records, epoch_batches, epoch_steps, order_seed, per_replica_batch_size
+from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID, ROLE_LOO, ROLE_TEST, ROLE_TRAIN, ROLE_VALID
 
 SPLIT_ROLES = {"train": (ROLE_TRAIN, ROLE_LOO), "valid": (ROLE_VALID,), "test": (ROLE_TEST,)}
@@ -49,8 +50,8 @@ def pair_dataset(set_dir, split, *, context_len, batch_size, shuffle_seed=None, 
     """Unbatched (user, target) rows of ``split`` ("train", "valid" or "test")."""
     if split not in SPLIT_ROLES:
         raise ValueError(f"split must be one of {tuple(SPLIT_ROLES)}, got {split!r}")
-    ds = _records(set_dir, shuffle_seed=shuffle_seed, input_context=input_context).filter(_role_filter(split))
-    return ds.flat_map(lambda r: _pairs(r, context_len))
+    ds = _records(set_dir, shuffle_seed=shuffle_seed, input_context=input_context).filter(graph_fn(_role_filter(split)))
+    return ds.flat_map(graph_fn(lambda r: _pairs(r, context_len)))
 
 
 def train_pairs(set_dir, *, context_len, batch_size, steps, seed, epoch=0, skip_steps=0, shuffle="epoch", shuffle_buffer=20000,

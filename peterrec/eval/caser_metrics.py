@@ -90,7 +90,7 @@ def evaluate(scorer, rows, ks=KS):
 
     Returns ``{prec@k, recall@k, map, users}``.
     """
-    score = tf.function(scorer.eval_scores, reduce_retracing=True)
+    score = tf.function(scorer.eval_scores, reduce_retracing=True, autograph=False)
     names = metric_names(ks)
     totals, users = np.zeros(len(names)), 0
     for batch in rows:

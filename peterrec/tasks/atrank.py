@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from peterrec.data import caser_dataset, dataset
+from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID
 from peterrec.models.atrank import SECONDS_PER_DAY, ATRank, time_bucket  # noqa: F401  (registers ATRank)
 from peterrec.eval.popularity import PopularityScorer
@@ -106,12 +107,12 @@ def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size,
     """
     epoch_seed = int(seed) * 1000 + int(epoch)
     ds = dataset._records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
-    ds = ds.filter(lambda r: tf.size(dataset.train_items(r)) >= 2)
-    ds = ds.map(lambda r: user_examples(r, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn),
+    ds = ds.filter(graph_fn(lambda r: tf.size(dataset.train_items(r)) >= 2))
+    ds = ds.map(graph_fn(lambda r: user_examples(r, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn)),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
-    return dataset.epoch_batches(ds, max(1, batch_size // 2), steps, skip_steps, input_context).map(trim)
+    return dataset.epoch_batches(ds, max(1, batch_size // 2), steps, skip_steps, input_context).map(graph_fn(trim))
 
 
 def eval_row(record, split, *, max_len, vocabulary_size, seed, behaviour_fn=None):
@@ -137,11 +138,11 @@ def eval_dataset(set_dir, split, *, max_len, batch_size, seed, vocabulary_size, 
     if split not in dataset.EVAL_SPLITS:
         raise ValueError(f"split must be one of {dataset.EVAL_SPLITS}, got {split!r}")
     ds = dataset._records(set_dir, input_context=input_context)
-    ds = ds.map(lambda r: eval_row(r, split, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn),
+    ds = ds.map(graph_fn(lambda r: eval_row(r, split, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn)),
                 num_parallel_calls=AUTOTUNE)
-    ds = ds.filter(lambda row: row[LABELS] >= 0)
+    ds = ds.filter(graph_fn(lambda row: row[LABELS] >= 0))
     ds = ds.batch(dataset.per_replica_batch_size(batch_size, input_context))
-    return ds.map(trim).prefetch(AUTOTUNE)
+    return ds.map(graph_fn(trim)).prefetch(AUTOTUNE)
 
 
 def pair_ids(batch):

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from peterrec.data import dataset
 from peterrec.data.item_features import PAD_VALUE
+from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, PAD_ID, SAMPLE_WEIGHT
 from peterrec.models.miir import MIIR  # noqa: F401  (registers MIIR)
 from peterrec.tasks.masked_item import end_mask
@@ -73,14 +74,14 @@ def train_dataset(set_dir, *, stage, max_len, num_fields, mask_prob, batch_size,
     num_pipelines = input_context.num_input_pipelines if input_context is not None else 1
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
     ds = dataset._records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
-    ds = ds.map(dataset.train_items, num_parallel_calls=AUTOTUNE).filter(lambda items: tf.size(items) >= 1).enumerate()
+    ds = ds.map(graph_fn(dataset.train_items), num_parallel_calls=AUTOTUNE).filter(graph_fn(lambda items: tf.size(items) >= 1)).enumerate()
 
     def rows(index, items):
         chunks, lengths = chunks_from_start(items, max_len)
         user_seed = tf.stack([tf.constant(epoch_seed, tf.int64), index * num_pipelines + pipeline_id])
         return mask_chunks(chunks, lengths, user_seed, stage=stage, num_fields=num_fields, mask_prob=mask_prob)
 
-    ds = ds.map(rows, num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
+    ds = ds.map(graph_fn(rows), num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return dataset.epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 

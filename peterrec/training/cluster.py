@@ -47,7 +47,7 @@ class ClusterMixin:
             flag = tf.identity(flag)  # placed on the replica's device (a bare input has none: no all-reduce destination)
             return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flag)
 
-        @tf.function
+        @tf.function(autograph=False)
         def agree(flag):
             return strategy.experimental_local_results(strategy.run(replica_flag, args=(flag,)))[0]
 

@@ -81,7 +81,7 @@ def _build_eval_step(scorer, strategy, protocol, num_negatives, ks, seed, log_lo
         sums = tf.cond(size > 0, lambda: metric_sums(batch, batch_index), lambda: tf.zeros([len(names)]))
         return sums, tf.cast(size, tf.float32)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(batch, batch_index):
         sums, count = strategy.run(replica_step, args=(batch, batch_index))
         return (

@@ -173,7 +173,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             grads = task.transform_gradients(grads, task.trainable_variables)
             return loss_sum, grads
 
-        compute = tf.function(grads_of, jit_compile=True) if use_jit else grads_of
+        compute = tf.function(grads_of, jit_compile=True, autograph=False) if use_jit else grads_of
 
         def replica_step(batch):
             count = task.loss_count(batch)
@@ -185,7 +185,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             optimizer.apply_gradients(zip(grads, task.trainable_variables))
             return loss_sum, count
 
-        @tf.function
+        @tf.function(autograph=False)  # graph code written with tf.cond/while: AutoGraph's source rewrite is a third of tracing
         def train_step(iterator):
             loss_sum, count = strategy.run(replica_step, args=(next(iterator),))
             loss_sum = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
