@@ -75,6 +75,15 @@ def latest_export(path):
 LAYOUTS = ("right", "left")
 
 
+class _Held:
+    """Keeps the Keras task out of the SavedModel's object graph (a plain object is not tracked): saving then writes
+    the variables the serving functions capture (``ServingModule.task_variables``) and does not trace the Keras
+    model's own call signatures a second and third time (that tracing was most of an export's time)."""
+
+    def __init__(self, task):
+        self.task = task
+
+
 class ServingModule(tf.Module):
     """Raw item-id strings in, top-k item-id strings and scores out.
 
@@ -90,7 +99,8 @@ class ServingModule(tf.Module):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.task = task
+        self._held = _Held(task)
+        self.task_variables = list(task.variables)
         self.layout = layout
         output_vocab = output_vocab or vocab
         # Finetuning tasks add separator tokens around the source items.
@@ -103,6 +113,10 @@ class ServingModule(tf.Module):
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values, tf.int64)), default_value=OOV_ID
         )
         self.id_to_token = tf.constant(list(RESERVED_TOKENS) + list(output_vocab.tokens))
+
+    @property
+    def task(self):
+        return self._held.task
 
     def encode(self, item_ids):
         """Strings ``[B, T]`` -> int ids ``[B, L]`` and lengths ``[B]``: the most recent ``L`` real
@@ -138,11 +152,11 @@ class ServingModule(tf.Module):
         top = tf.math.top_k(scores, k=self.top_k)
         return {"top_k_ids": tf.gather(self.id_to_token, top.indices), "top_k_scores": top.values}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")], autograph=False)
     def serve(self, item_ids):
         return self._top_k(item_ids, exclude_seen=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")], autograph=False)
     def serve_exclude_seen(self, item_ids):
         return self._top_k(item_ids, exclude_seen=True)
 
