@@ -59,3 +59,120 @@ def tiny_inter(tmp_path):
     path.parent.mkdir()
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class CommandLines:
+    """``cli(module, argv, cwd=..., env=..., timeout=...)`` runs ``python -m <module> <argv>`` as a forked child of
+    one server process that imported TensorFlow once (``tests/cli_server.py``) and returns a
+    ``subprocess.CompletedProcess`` (text stdout/stderr); ``env`` entries are set on top of this process's
+    environment (None unsets one). A command line that runs past ``timeout`` is killed and raises ``subprocess.TimeoutExpired``."""
+
+    def __init__(self, scratch):
+        import subprocess
+
+        self._scratch, self._count = scratch, 0
+        self._server = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "cli_server.py")], cwd=REPO, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        ready = self._server.stdout.readline()
+        if not ready:
+            raise RuntimeError(f"the command-line server did not start (exit {self._server.wait()})")
+
+    def __call__(self, module, argv, cwd=REPO, env=None, timeout=600):
+        import subprocess
+
+        command, request = self._request(dict(op="run", module=module), ["python", "-m", module], argv, cwd, env, timeout)
+        reply = self._ask(request)
+        stdout, stderr = _outputs(request["out"])
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(command, reply["code"], stdout, stderr)
+
+    def code(self, code, argv=(), cwd=REPO, env=None, timeout=600):
+        """``python -c code argv...``."""
+        import subprocess
+
+        command, request = self._request(dict(op="run", module=None, code=code), ["python", "-c", code], argv, cwd, env, timeout)
+        reply = self._ask(request)
+        stdout, stderr = _outputs(request["out"])
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(command, reply["code"], stdout, stderr)
+
+    def start(self, module, argv, cwd=REPO, env=None, code=None):
+        """``python -m module argv...`` (``module=None``: ``python -c code argv...``) started in the background, in a
+        process group of its own: a :class:`Started` (``pid``, ``poll``, ``wait``, ``send_signal``, ``kill``,
+        ``communicate``, ``returncode``) as ``subprocess.Popen`` gives."""
+        what, command = (dict(op="start", module=module), ["python", "-m", module]) if module else (
+            dict(op="start", module=None, code=code), ["python", "-c", code])
+        command, request = self._request(what, command, argv, cwd, env, 0)
+        return Started(self, command, self._ask(request)["pid"], request["out"])
+
+    def _request(self, what, command, argv, cwd, env, timeout):
+        self._count += 1
+        out = os.path.join(self._scratch, str(self._count))
+        os.makedirs(out)
+        merged = {k: v for k, v in dict(os.environ, **(env or {})).items() if v is not None}  # None: unset
+        request = dict(what, argv=[str(a) for a in argv], cwd=str(cwd), env=merged, out=out, timeout=timeout)
+        return [*command, *request["argv"]], request
+
+    def _ask(self, request):
+        import json
+
+        self._server.stdin.write(json.dumps(request) + "\n")
+        self._server.stdin.flush()
+        line = self._server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the command-line server stopped (exit {self._server.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self._server.stdin.close()
+        self._server.wait(timeout=60)
+
+
+def _outputs(out):
+    return tuple(open(os.path.join(out, name), errors="replace").read() for name in ("stdout", "stderr"))
+
+
+class Started:
+    """A command line of :meth:`CommandLines.start`, driven as a ``subprocess.Popen`` (text stdout/stderr)."""
+
+    def __init__(self, server, args, pid, out):
+        self._server, self.args, self.pid, self._out, self.returncode = server, args, pid, out, None
+
+    def poll(self):
+        return self._wait(0)
+
+    def wait(self, timeout=None):
+        import subprocess
+
+        if self._wait(timeout if timeout is not None else 1e9) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def _wait(self, timeout):
+        if self.returncode is None:
+            self.returncode = self._server._ask(dict(op="wait", pid=self.pid, timeout=timeout))["code"]
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        return _outputs(self._out)
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    server = CommandLines(str(tmp_path_factory.mktemp("cli")))
+    yield server
+    server.close()

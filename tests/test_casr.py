@@ -2,8 +2,6 @@
 
 import csv
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -291,25 +289,20 @@ def test_seed_spellings_are_accepted():
     cfg.validate()
 
 
-def test_cli_bad_input_is_one_line_with_exit_2(world, tmp_path):
+def test_cli_bad_input_is_one_line_with_exit_2(world, tmp_path, cli):
     other = Vocabulary([f"x{i}" for i in range(30)], [1] * 30)  # another data set's vocabulary
     task = NextItemTask(STAMPBackbone(other.size, 16), output="tied")
     foreign = export.export_model(task, other, str(tmp_path / "foreign"), max_len=MAX_LEN, extra_config={"backbone_name": "stamp"})
-    base = [sys.executable, "-m", "pipelines.casr", "--data", str(world["data"]), "--tfrecord_dir", world["tfr"], "--max_len", str(MAX_LEN)]
+    base = ["--data", str(world["data"]), "--tfrecord_dir", world["tfr"], "--max_len", str(MAX_LEN)]
     cases = {
         "--learning: 'magic' is not one of heuristic, learning, ad": ["--learning", "magic"],
         f"--index: {MAX_LEN + 1} is beyond the sequence length": ["--index", str(MAX_LEN + 1)],
         "the sampler's vocabulary": ["--sampler_dir", foreign],
     }
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    procs = {
-        message: subprocess.Popen(base + args + ["--model_dir", str(tmp_path / f"m{i}")], cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i, (message, args) in enumerate(cases.items())
-    }
-    for i, (message, proc) in enumerate(procs.items()):
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 2, stderr[-2000:]
+    for i, (message, args) in enumerate(cases.items()):
+        done = cli("pipelines.casr", base + args + ["--model_dir", str(tmp_path / f"m{i}")])
+        stderr = done.stderr
+        assert done.returncode == 2, stderr[-2000:]
         assert f"error: {message}" in stderr or ("error: --sampler_dir" in stderr and message in stderr), stderr[-2000:]
         assert "Traceback" not in stderr
         assert not os.path.exists(tmp_path / f"m{i}")  # nothing written

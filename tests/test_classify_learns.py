@@ -39,11 +39,11 @@ def taste_world(tmp_path_factory):
     return out, pretraining.run(cfg)["export_dir"]
 
 
-def _classify(world, mode):
+def _classify(world, mode, **overrides):
     out, export_dir = world
     cfg = finetuning.FinetuneConfig(pretrained=export_dir, data=str(out / "source.inter"), targets=str(out / "profile.inter"),
                                     task="classify", finetune_mode=mode, tfrecord_dir=str(out / "tfr"), model_dir=str(out / mode),
-                                    verbose=0)  # every training setting at its default
+                                    verbose=0, **overrides)  # every other training setting at its default
     return finetuning.run(cfg)
 
 
@@ -63,5 +63,5 @@ def test_zero_flag_classification_beats_the_majority_class(taste_world):
     again = evaluate_export(os.path.join(taste_world[0], "peterrec"), tfrecord_dir=str(taste_world[0] / "tfr"))["test"]
     for key in ("accuracy", "macro_f1", "log_loss"):
         assert abs(again[key] - test[key]) < 1e-5, key
-    scratch = _classify(taste_world, "scratch")
+    scratch = _classify(taste_world, "scratch", epochs=2)  # another model: other predictions
     assert scratch["test"]["accuracy"] != test["accuracy"] or scratch["test"]["log_loss"] != test["log_loss"]

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -50,13 +48,10 @@ def test_every_combination_finetunes_on_the_demo(imported, backbone, mode, inser
         assert metrics["trainable_params"] == 64 + metrics["data"]["target_vocab_size"] * 64
 
 
-def test_cli_on_the_demo(imported):
+def test_cli_on_the_demo(imported, cli):
     exports, tmp = imported
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.finetune", "--pretrained", exports["nextitnet"], "--data", FINETUNE_CSV, "--insertion", "parallel",
-         "--epochs", "1", "--batch_size", "4", "--valid_fraction", "0.2", "--test_fraction", "0.2", "--model_dir", str(tmp / "cli"),
-         "--tfrecord_dir", str(tmp / "tfr")],
-        capture_output=True, text=True, env=env, timeout=600)
+    done = cli("pipelines.finetune", [
+        "--pretrained", exports["nextitnet"], "--data", FINETUNE_CSV, "--insertion", "parallel", "--epochs", "1", "--batch_size", "4",
+        "--valid_fraction", "0.2", "--test_fraction", "0.2", "--model_dir", str(tmp / "cli"), "--tfrecord_dir", str(tmp / "tfr")])
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout[done.stdout.index("{"):])["patch_dir"].endswith("patch/1")

@@ -1,9 +1,6 @@
 """One training loop under several strategies: same loss curve and weights."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -38,16 +35,15 @@ print(json.dumps({"replicas": strategy.num_replicas_in_sync, "losses": losses,
 """
 
 
-def _run(name, data, tmp):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(data), str(tmp), name], capture_output=True, text=True, env=env, timeout=600)
+def _run(cli, name, data, tmp):
+    done = cli.code(SCRIPT, [data, tmp, name])
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_mirrored_two_replicas_match_the_default_strategy(small_world, tmp_path):
-    default = _run("default", small_world / "source.inter", tmp_path)
-    mirrored = _run("mirrored", small_world / "source.inter", tmp_path)
+def test_mirrored_two_replicas_match_the_default_strategy(small_world, tmp_path, cli):
+    default = _run(cli, "default", small_world / "source.inter", tmp_path)
+    mirrored = _run(cli, "mirrored", small_world / "source.inter", tmp_path)
     assert default["replicas"] == 1 and mirrored["replicas"] == 2
     assert len(default["losses"]) == len(mirrored["losses"]) == 6
     for a, b in zip(default["losses"], mirrored["losses"]):

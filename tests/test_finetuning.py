@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -264,25 +262,21 @@ def test_bad_inputs(small_world, pretrained, tmp_path):
         assert not os.path.exists(os.path.join(pretrained[1], name, "export"))
 
 
-def test_zero_flag_pretrain_then_finetune_path(small_world, tmp_path):
+def test_zero_flag_pretrain_then_finetune_path(small_world, tmp_path, cli):
     """The README's two commands, in a fresh directory, on a tiny configuration."""
     data = tmp_path / "Data" / "synthetic"
     data.mkdir(parents=True)
     for name in ("source.inter", "target.inter", "profile.inter"):
         (data / name).write_bytes((small_world / name).read_bytes())
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     tiny = ["--epochs", "1", "--embedding_dim", "8", "--dilations", "1,2"]
-    pre = subprocess.run([sys.executable, "-m", "pipelines.pretrain", "--backbone", "nextitnet", *tiny], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    pre = cli("pipelines.pretrain", ["--backbone", "nextitnet", *tiny], cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr[-2000:]
-    fine = subprocess.run([sys.executable, "-m", "pipelines.finetune", "--insertion", "serial", "--epochs", "1"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    fine = cli("pipelines.finetune", ["--insertion", "serial", "--epochs", "1"], cwd=tmp_path)
     assert fine.returncode == 0, fine.stderr[-2000:]
     out = json.loads(fine.stdout[fine.stdout.index("{"):])
     assert "checkpoints/finetune-nextitnet-serial-peterrec-items" in out["export_dir"]
     assert os.path.isdir(tmp_path / "checkpoints" / "finetune-nextitnet-serial-peterrec-items" / "logs")
-    bad = subprocess.run([sys.executable, "-m", "pipelines.finetune", "--insertion", "seriall"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    bad = cli("pipelines.finetune", ["--insertion", "seriall"], cwd=tmp_path)
     assert bad.returncode != 0 and "insertion" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -299,17 +293,14 @@ def test_evaluate_reproduces_the_jobs_test_metrics(serial_run, pretrained):
     assert abs(pre["test"]["hr@10"] - written["test"]["hr@10"]) < 1e-6
 
 
-def test_one_backbone_many_patches_cli(serial_run, classify_run, pretrained, small_world, tmp_path):
+def test_one_backbone_many_patches_cli(serial_run, classify_run, pretrained, small_world, tmp_path, cli):
     """Two patches of two tasks (next target item, serial; user class, parallel) on one backbone: each gives its own task's output."""
     from peterrec.inference import predict_file
 
     _, items = serial_run
     _, classes = classify_run
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.predict", "--export", pretrained[0], "--patches", f"{items['patch_dir']},{classes['patch_dir']}",
-         "--data", str(small_world / "source.inter"), "--top_k", "3", "--output", str(tmp_path / "p.csv")],
-        capture_output=True, text=True, env=env, timeout=600)
+    done = cli("pipelines.predict", ["--export", pretrained[0], "--patches", f"{items['patch_dir']},{classes['patch_dir']}",
+                                     "--data", str(small_world / "source.inter"), "--top_k", "3", "--output", str(tmp_path / "p.csv")])
     assert done.returncode == 0, done.stderr[-2000:]
     patched = [[row.split(",") for row in open(tmp_path / f"predictions-{i}.csv").read().splitlines()] for i in (0, 1)]
     assert all(len(rows) == 1 + 3 * 800 for rows in patched)

@@ -8,8 +8,6 @@ LayerNorm by hand) and fed with the ORIGINAL TF1 ids; nothing of peterrec is use
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -220,14 +218,12 @@ def test_library_errors(tmp_path):
 
 
 # --- CLI ----------------------------------------------------------------------------------
-def _cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "pipelines.import_tf1", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+def _cli(cli, *args):
+    return cli("pipelines.import_tf1", args, cwd=REPO, timeout=300)
 
 
-def test_cli_export_loads_and_serves_raw_ids(imported, tmp_path, demo_tf1_ids):
-    done = _cli("--checkpoint", NEXTITNET, "--vocab_from", FINETUNE_CSV, "--backbone", "nextitnet", "--model_dir", tmp_path / "m")
+def test_cli_export_loads_and_serves_raw_ids(imported, tmp_path, demo_tf1_ids, cli):
+    done = _cli(cli, "--checkpoint", NEXTITNET, "--vocab_from", FINETUNE_CSV, "--backbone", "nextitnet", "--model_dir", tmp_path / "m")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["model_variables"] == 67 and summary["optimizer_variables_skipped"] == 136
@@ -257,7 +253,7 @@ def test_cli_export_loads_and_serves_raw_ids(imported, tmp_path, demo_tf1_ids):
 
 
 @pytest.mark.parametrize("case", ["wrong_backbone", "csv_mismatch"])
-def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, case, cli):
     if case == "wrong_backbone":
         args = ("--checkpoint", NEXTITNET, "--vocab_from", PRETRAIN_CSV, "--backbone", "grec")
         expected = "is not a grec checkpoint"
@@ -266,7 +262,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
         extra.write_text(open(PRETRAIN_CSV).read() + "0,0,0,0,0,0,0,999999991,999999992\n")
         args = ("--checkpoint", GREC, "--vocab_from", extra, "--backbone", "grec")
         expected = f"{extra}: gives a vocabulary of 177 ids"
-    done = _cli(*args, "--model_dir", tmp_path / "m")
+    done = _cli(cli, *args, "--model_dir", tmp_path / "m")
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0] and "Traceback" not in done.stderr

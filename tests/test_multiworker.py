@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -107,20 +105,18 @@ def tfrecord_sets(small_world, tmp_path_factory):
 def _worker_envs(n):
     """Environments of ``n`` worker processes of one loopback cluster (free ports)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TF_CONFIG", None)
+    env = {"TF_CONFIG": None}  # on top of this process's environment, without a cluster
     return [dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})) for i in range(n)], env
 
 
-def _run_all(commands, timeout=240):
-    """Run ``(argv, env)`` processes concurrently; returns their stdouts. Bounded: whatever still runs
-    at the end (a failed assertion, a timeout, a hung collective) is killed with its process group."""
+def _run_all(cli, commands, timeout=240):
+    """Run ``(module, argv, env)`` command lines concurrently (``module`` None: ``python -c WORKER``); returns their
+    stdouts. Bounded: whatever still runs at the end (a failed assertion, a timeout, a hung collective) is killed with
+    its process group."""
     procs = []
     try:
-        for argv, env in commands:
-            procs.append(subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True
-            ))
+        for module, argv, env in commands:
+            procs.append(cli.start(module, argv, cwd=REPO, env=env, code=None if module else WORKER))
         outputs = []
         for proc in procs:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -139,8 +135,8 @@ def _worker_commands(tfrecord_set, tmp_path, tag, union=True, interrupt_after=-1
     worker_envs, env = _worker_envs(2)
     runs = [("worker", i, worker_env) for i, worker_env in enumerate(worker_envs)] + ([("union", 0, env)] if union else [])
     return [
-        ([sys.executable, "-c", WORKER, tfrecord_set, str(tmp_path / ("model" if mode == "worker" else "union")),
-          str(tmp_path / f"{tag}{mode}{index}.npz"), mode, str(STEPS), str(interrupt_after)], run_env)
+        (None, [tfrecord_set, str(tmp_path / ("model" if mode == "worker" else "union")),
+                str(tmp_path / f"{tag}{mode}{index}.npz"), mode, str(STEPS), str(interrupt_after)], run_env)
         for mode, index, run_env in runs
     ]
 
@@ -156,8 +152,8 @@ def _only_chief_wrote(model_dir, reports):
         assert json.loads(json.load(f)["tf_config"])["task"]["index"] == 0
 
 
-def test_two_workers_match_each_other_and_one_process_on_their_union(tfrecord_sets, tmp_path):
-    reports = [json.loads(out.strip().splitlines()[-1]) for out in _run_all(_worker_commands(tfrecord_sets(4), tmp_path, ""))]
+def test_two_workers_match_each_other_and_one_process_on_their_union(tfrecord_sets, tmp_path, cli):
+    reports = [json.loads(out.strip().splitlines()[-1]) for out in _run_all(cli, _worker_commands(tfrecord_sets(4), tmp_path, ""))]
     w0, w1, union = (np.load(tmp_path / name) for name in ("worker0.npz", "worker1.npz", "union0.npz"))
     assert [r["steps"] for r in reports] == [STEPS] * 3 and [r["replicas"] for r in reports] == [2, 2, 1]
     assert np.abs(w0["final"] - w0["initial"]).max() > 1e-3  # it trained
@@ -169,12 +165,12 @@ def test_two_workers_match_each_other_and_one_process_on_their_union(tfrecord_se
     assert os.path.exists(tmp_path / "model" / "history.jsonl")
 
 
-def test_sigterm_on_one_worker_saves_on_all_and_the_cluster_resumes(tfrecord_sets, tmp_path):
+def test_sigterm_on_one_worker_saves_on_all_and_the_cluster_resumes(tfrecord_sets, tmp_path, cli):
     """Preemption: worker 1 gets SIGTERM after step 2; both workers stop after that same step (no hung
     collective), the chief's checkpoint holds it, and re-running both resumes to the weights of an
     uninterrupted run (the union process)."""
     reports = [json.loads(out.strip().splitlines()[-1])
-               for out in _run_all(_worker_commands(tfrecord_sets(4), tmp_path, "cut", interrupt_after=1))]
+               for out in _run_all(cli, _worker_commands(tfrecord_sets(4), tmp_path, "cut", interrupt_after=1))]
     assert [r["steps"] for r in reports] == [2, 2, STEPS]
     assert "interrupted by SIGTERM/SIGINT on another worker at global step 2" in reports[0]["interrupted"]
     assert "interrupted by SIGTERM at global step 2" in reports[1]["interrupted"] and reports[2]["interrupted"] is None
@@ -183,7 +179,7 @@ def test_sigterm_on_one_worker_saves_on_all_and_the_cluster_resumes(tfrecord_set
     assert saved.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 2
     _only_chief_wrote(tmp_path / "model", reports)
     resumed = [json.loads(out.strip().splitlines()[-1])
-               for out in _run_all(_worker_commands(tfrecord_sets(4), tmp_path, "resumed", union=False))]
+               for out in _run_all(cli, _worker_commands(tfrecord_sets(4), tmp_path, "resumed", union=False))]
     assert [r["steps"] for r in resumed] == [STEPS, STEPS] and not any(r["interrupted"] for r in resumed)
     w0, w1, union = (np.load(tmp_path / name) for name in ("resumedworker0.npz", "resumedworker1.npz", "cutunion0.npz"))
     np.testing.assert_array_equal(w0["final"], w1["final"])
@@ -192,13 +188,13 @@ def test_sigterm_on_one_worker_saves_on_all_and_the_cluster_resumes(tfrecord_set
 
 
 @pytest.mark.slow  # 1-2 min on 2 shared cores; the test above covers the loop, this one the pipeline's chief-only outputs
-def test_pretrain_pipeline_on_two_workers_exports_once(tfrecord_sets, tmp_path):
+def test_pretrain_pipeline_on_two_workers_exports_once(tfrecord_sets, tmp_path, cli):
     worker_envs, _ = _worker_envs(2)
     model_dir = tmp_path / "model"
-    argv = [sys.executable, "-m", "pipelines.pretrain", "--strategy", "multiworker", "--data", tfrecord_sets(4), "--model_dir",
+    argv = ["--strategy", "multiworker", "--data", tfrecord_sets(4), "--model_dir",
             str(model_dir), "--epochs", "1", "--embedding_dim", "8", "--dilations", "1,2", "--batch_size", "64", "--max_len", "12",
             "--stride", "6", "--verbose", "0"]
-    summaries = [json.loads(out[out.index("{"):]) for out in _run_all([(argv, env) for env in worker_envs], timeout=400)]
+    summaries = [json.loads(out[out.index("{"):]) for out in _run_all(cli, [("pipelines.pretrain", argv, env) for env in worker_envs], timeout=400)]
     assert summaries[0]["export_dir"] == str(model_dir / "export" / "1") and summaries[1]["export_dir"] is None
     assert summaries[0]["test"] == summaries[1]["test"]  # the same model, evaluated on every worker's share together
     assert os.listdir(model_dir / "export") == ["1"] and (model_dir / "metrics.json").exists()

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -174,16 +172,14 @@ def test_sampled_softmax_and_pad_as_item_train(small_world, tmp_path):
         assert np.isfinite(metrics["valid"]["mrr@10"]) and metrics["global_step"] > 0
 
 
-def test_cli_writes_the_outputs_and_fails_cleanly(small_world, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "pipelines.pretrain", "--data", str(small_world / "source.inter"), "--epochs", "1",
+def test_cli_writes_the_outputs_and_fails_cleanly(small_world, tmp_path, cli):
+    cmd = ["--data", str(small_world / "source.inter"), "--epochs", "1",
            "--embedding_dim", "8", "--dilations", "1,2", "--model_dir", str(tmp_path / "cli"), "--tfrecord_dir", str(tmp_path / "tfr")]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = cli("pipelines.pretrain", cmd)
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"export_dir"' in done.stdout
     assert tfrecord.load_metadata(next((tmp_path / "tfr").iterdir()))["vocab_size"] > 400
-    again = subprocess.run(cmd[:-4] + ["--embedding_dim", "16", "--model_dir", str(tmp_path / "cli"), "--tfrecord_dir", str(tmp_path / "tfr")],
-                           capture_output=True, text=True, env=env, timeout=600)
+    again = cli("pipelines.pretrain", cmd[:-4] + ["--embedding_dim", "16", "--model_dir", str(tmp_path / "cli"), "--tfrecord_dir", str(tmp_path / "tfr")])
     assert again.returncode == 2 and "different configuration" in again.stderr and "Traceback" not in again.stderr
 
 

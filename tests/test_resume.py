@@ -2,8 +2,9 @@
 determinism, ends bit-identical to an uninterrupted run; SIGTERM/SIGINT save a checkpoint first; one
 job per --model_dir; a NaN or diverging loss names the step and the last good checkpoint.
 
-Every job here is a real ``python -m pipelines.<job>`` subprocess on a tiny configuration; the data is
-converted once in-process so the subprocesses only train.
+Every job here is a real ``python -m pipelines.<job>`` command line in a process of its own (a fork of the ``cli``
+fixture's server, which imported TensorFlow once) on a tiny configuration; the data is converted once in-process so
+the jobs only train.
 """
 
 import json
@@ -47,9 +48,8 @@ def world(tmp_path_factory):
     return {"root": root, "set": set_dir, "steps": steps}
 
 
-def _start(job, args, model_dir):
-    return subprocess.Popen([sys.executable, "-m", f"pipelines.{job}", *args, "--model_dir", str(model_dir)], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(cli, job, args, model_dir):
+    return cli.start(f"pipelines.{job}", [*args, "--model_dir", model_dir], cwd=REPO)
 
 
 def _finish(proc, timeout=300):
@@ -96,11 +96,11 @@ def _assert_bit_identical(a, b):
         assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key  # exact, NaN-free by construction
 
 
-def _kill_resume_compare(job, args, runs_dir, steps):
+def _kill_resume_compare(cli, job, args, runs_dir, steps):
     """Uninterrupted run || run killed mid-epoch -> same command again; both end bit-identical."""
     whole, killed = runs_dir / "whole", runs_dir / "killed"
-    reference = _start(job, args, whole)
-    victim = _start(job, args, killed)
+    reference = _start(cli, job, args, whole)
+    victim = _start(cli, job, args, killed)
     step = _stop_mid_epoch(victim, killed, steps)
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL
@@ -108,7 +108,7 @@ def _kill_resume_compare(job, args, runs_dir, steps):
     path, after_kill = _latest(killed)
     assert 0 < after_kill < total and after_kill % steps, (after_kill, steps)  # a checkpoint exists, mid-epoch
     assert not os.path.exists(killed / "export") and not os.path.exists(killed / "metrics.json")  # the job did not finish
-    rc, _, err = _finish(_start(job, args, killed))
+    rc, _, err = _finish(_start(cli, job, args, killed))
     assert rc == 0, err[-3000:]
     epoch, in_epoch = divmod(after_kill, steps)
     assert f"Resuming from {path}: epoch {epoch + 1}, step {in_epoch} of {steps}" in err  # logged (absl, stderr)
@@ -126,10 +126,10 @@ def _kill_resume_compare(job, args, runs_dir, steps):
 
 
 @pytest.fixture(scope="module")
-def pretrained(world):
+def pretrained(world, cli):
     """Pretraining: SIGKILL mid-epoch, resume, compare; the uninterrupted export serves the finetuning test."""
     args = ["--data", world["set"], *PRETRAIN]
-    _, export_dir = _kill_resume_compare("pretrain", args, world["root"] / "pre", world["steps"])
+    _, export_dir = _kill_resume_compare(cli, "pretrain", args, world["root"] / "pre", world["steps"])
     return export_dir
 
 
@@ -137,7 +137,7 @@ def test_pretraining_killed_mid_epoch_resumes_bit_identical(pretrained):
     assert os.path.isdir(pretrained)
 
 
-def test_finetuning_killed_mid_epoch_resumes_bit_identical(world, pretrained):
+def test_finetuning_killed_mid_epoch_resumes_bit_identical(world, pretrained, cli):
     data, targets = world["root"] / "world" / "source.inter", world["root"] / "world" / "target.inter"
     tfr = str(world["root"] / "tfr")
     cfg = finetuning.FinetuneConfig(pretrained=pretrained, data=str(data), targets=str(targets), tfrecord_dir=tfr, num_shards=2,
@@ -148,15 +148,15 @@ def test_finetuning_killed_mid_epoch_resumes_bit_identical(world, pretrained):
 
     steps = finetune_dataset.steps_per_epoch(metadata, 32)
     args = ["--pretrained", pretrained, "--data", str(data), "--targets", str(targets), "--tfrecord_dir", tfr, *FINETUNE]
-    _kill_resume_compare("finetune", args, world["root"] / "fine", steps)
+    _kill_resume_compare(cli, "finetune", args, world["root"] / "fine", steps)
     # the patch artifact of the resumed run holds the same trained variables
     fine = world["root"] / "fine"
     patches = [np.load(os.path.join(d, "patch", "1", "patch.npz")) for d in (fine / "whole", fine / "killed")]
     _assert_bit_identical(dict(patches[0]), dict(patches[1]))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(world, tmp_path):
-    proc = _start("pretrain", ["--data", world["set"], *PRETRAIN], tmp_path / "run")
+def test_sigterm_saves_a_checkpoint_and_exits_143(world, tmp_path, cli):
+    proc = _start(cli, "pretrain", ["--data", world["set"], *PRETRAIN], tmp_path / "run")
     seen = _stop_mid_epoch(proc, tmp_path / "run", world["steps"], sig=signal.SIGTERM)
     rc, _, err = _finish(proc, timeout=120)
     assert rc == 128 + signal.SIGTERM, err[-3000:]
@@ -169,11 +169,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(world, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "export")
 
 
-def test_a_second_job_on_the_same_model_dir_is_refused(world, tmp_path):
+def test_a_second_job_on_the_same_model_dir_is_refused(world, tmp_path, cli):
     model_dir = tmp_path / "busy"
     locking.acquire(str(model_dir))  # this pytest process plays the first job
     try:
-        rc, _, err = _finish(_start("pretrain", ["--data", world["set"], *PRETRAIN], model_dir))
+        rc, _, err = _finish(_start(cli, "pretrain", ["--data", world["set"], *PRETRAIN], model_dir))
     finally:
         locking.release(str(model_dir))
     assert rc == 2, err[-3000:]

@@ -3,8 +3,6 @@ flag defaults, bad --item_data / --item_fields, multi-behaviour ATRank from the 
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,12 +10,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MIIR = ["--epochs", "1", "--embedding_dim", "8", "--num_layers", "1", "--num_heads", "2", "--inner_size", "16",
              "--batch_size", "128", "--max_len", "10", "--num_shards", "2"]
-
-
-def _cli(module, args, cwd, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", f"pipelines.{module}", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
 
 
 def _error_line(done):
@@ -35,11 +27,11 @@ def _weights(export_dir):
     return {w.path: w.numpy() for w in export.load_export(export_dir).backbone.weights}
 
 
-def test_pretrain_miir_defaults_without_flags():
+def test_pretrain_miir_defaults_without_flags(cli):
     """Zero extra flags: the embedded default data and side information, stage mii, checkpoints/pretrain-miir."""
     code = ("import dataclasses, json, sys; from pipelines import pretrain; pretrain.FLAGS(['pretrain', '--backbone', 'miir']); "
             "cfg = pretrain.miir_config(); print(json.dumps(dataclasses.asdict(cfg) | {'dir': cfg.resolved_model_dir()}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    done = cli.code(code, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     cfg = json.loads(done.stdout.strip().splitlines()[-1])
     assert cfg["data"] == "Data/synthetic/source.inter" and cfg["item_data"] == "Data/synthetic/source.item"
@@ -49,9 +41,9 @@ def test_pretrain_miir_defaults_without_flags():
     assert os.path.isfile(os.path.join(REPO, cfg["data"])) and os.path.isfile(os.path.join(REPO, cfg["item_data"]))
 
 
-def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, tmp_path):
+def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, tmp_path, cli):
     data = ["--data", str(small_world / "source.inter"), "--item_data", str(small_world / "source.item")]
-    done = _cli("pretrain", ["--backbone", "miir", *data, *TINY_MIIR], cwd=tmp_path)
+    done = cli("pipelines.pretrain", ["--backbone", "miir", *data, *TINY_MIIR], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     mii_dir = tmp_path / "checkpoints" / "pretrain-miir"
     summary = json.loads(done.stdout[done.stdout.index("\n{\n") + 1:])
@@ -62,7 +54,7 @@ def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, t
     pretrained = _weights(str(mii_dir / "export"))
 
     # train --pretrained loads that export in full: with a learning rate of 1e-12 the exported weights are the pretrained ones
-    done = _cli("train", ["--model", "miir", "--pretrained", os.path.join("checkpoints", "pretrain-miir"), *data, *TINY_MIIR,
+    done = cli("pipelines.train", ["--model", "miir", "--pretrained", os.path.join("checkpoints", "pretrain-miir"), *data, *TINY_MIIR,
                           "--learning_rate", "1e-12"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     rec_dir = tmp_path / "checkpoints" / "train-miir"
@@ -74,27 +66,27 @@ def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, t
         np.testing.assert_allclose(finetuned[name], value, atol=1e-7, err_msg=name)
 
     # other item features than the pretraining's: one clear error
-    line = _error_line(_cli("train", ["--model", "miir", "--pretrained", str(mii_dir), *data, *TINY_MIIR, "--discard_share", "0",
+    line = _error_line(cli("pipelines.train", ["--model", "miir", "--pretrained", str(mii_dir), *data, *TINY_MIIR, "--discard_share", "0",
                                       "--model_dir", str(tmp_path / "other")], cwd=tmp_path))
     assert "other item features" in line
 
     # pipelines.finetune is PeterRec's: it reads the backbone type from the export and refuses MIIR
-    line = _error_line(_cli("finetune", ["--pretrained", str(mii_dir / "export"), "--data", str(small_world / "target.inter")], cwd=tmp_path))
+    line = _error_line(cli("pipelines.finetune", ["--pretrained", str(mii_dir / "export"), "--data", str(small_world / "target.inter")], cwd=tmp_path))
     assert "'MIIR' cannot be patched" in line
     assert not (tmp_path / "checkpoints" / "finetune-miir-serial-peterrec-items").exists()
 
 
 @pytest.mark.parametrize("module,model", [("pretrain", ["--backbone", "miir"]), ("train", ["--model", "atrank"])])
-def test_bad_item_data_and_fields_give_one_error(small_world, tmp_path, module, model):
+def test_bad_item_data_and_fields_give_one_error(small_world, tmp_path, module, model, cli):
     data = ["--data", str(small_world / "source.inter"), "--tfrecord_dir", str(tmp_path / "tfr"), "--num_shards", "1"]
-    line = _error_line(_cli(module, [*model, *data, "--item_data", str(tmp_path / "absent.item")], cwd=tmp_path))
+    line = _error_line(cli(f"pipelines.{module}", [*model, *data, "--item_data", str(tmp_path / "absent.item")], cwd=tmp_path))
     assert f"{tmp_path / 'absent.item'}: no such side-information file (--item_data)" in line
-    line = _error_line(_cli(module, [*model, *data, "--item_data", str(small_world / "source.item"), "--item_fields", "category,colour"], cwd=tmp_path))
+    line = _error_line(cli(f"pipelines.{module}", [*model, *data, "--item_data", str(small_world / "source.item"), "--item_fields", "category,colour"], cwd=tmp_path))
     assert "--item_fields: unknown field(s) 'colour'" in line and "category, brand, price" in line
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_train_multi_behaviour_atrank(tmp_path):
+def test_train_multi_behaviour_atrank(tmp_path, cli):
     """--behaviour_field from the CLI on a tiny behaviour file (learning is tested in tests/models/test_atrank.py)."""
     kinds = ("click", "click", "like", "click", "purchase")
     lines = ["user_id:token\titem_id:token\ttimestamp:float\tbehaviour:token"]
@@ -102,9 +94,9 @@ def test_train_multi_behaviour_atrank(tmp_path):
     (tmp_path / "b.inter").write_text("\n".join(lines) + "\n")
     (tmp_path / "b.item").write_text("item_id:token\tcategory:token\n" + "".join(f"i{k}\tc{k % 4}\n" for k in range(0, 25, 2)))
     data = ["--data", str(tmp_path / "b.inter"), "--item_data", str(tmp_path / "b.item"), "--num_shards", "1"]
-    line = _error_line(_cli("train", ["--model", "atrank", *data, "--behaviour_field", "action"], cwd=tmp_path))
+    line = _error_line(cli("pipelines.train", ["--model", "atrank", *data, "--behaviour_field", "action"], cwd=tmp_path))
     assert line.endswith(f"--behaviour_field: {tmp_path / 'b.inter'} has no column 'action' (its columns: user_id, item_id, timestamp, behaviour)")
-    done = _cli("train", ["--model", "atrank", *data, "--behaviour_field", "behaviour", "--candidate_behaviour", "like", "--epochs", "1",
+    done = cli("pipelines.train", ["--model", "atrank", *data, "--behaviour_field", "behaviour", "--candidate_behaviour", "like", "--epochs", "1",
                           "--embedding_dim", "8", "--num_heads", "2", "--batch_size", "16"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     model_dir = tmp_path / "checkpoints" / "train-atrank"

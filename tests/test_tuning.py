@@ -4,8 +4,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import optuna
@@ -249,12 +247,9 @@ def test_two_trial_nextitnet_search(tmp_path, tiny_inter):
     assert len(rows) == 2 and sum("**best**" in row for row in rows) == 1
 
 
-def test_cli_bad_distribution_is_one_clear_error(tmp_path):
+def test_cli_bad_distribution_is_one_clear_error(tmp_path, cli):
     path = _params(tmp_path, "learning_rate loguniform -8,0\ndropout gaussian 0,1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.tune", "--model", "nextitnet", "--params_file", path, "--model_dir", str(tmp_path / "t")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+    proc = cli("pipelines.tune", ["--model", "nextitnet", "--params_file", path, "--model_dir", str(tmp_path / "t")], cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {path}:2: unknown distribution 'gaussian' (expected one of choice, loguniform, quniform, uniform)"

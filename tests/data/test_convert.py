@@ -1,8 +1,6 @@
 """Tests of peterrec.data.convert and the pipelines.convert CLI."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -238,30 +236,27 @@ def test_resolve_data_missing_file(tmp_path):
 
 
 # ---------------------------------------------------------------- CLI
-def run_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.convert", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+def run_cli(cli, *args):
+    return cli("pipelines.convert", args, cwd=REPO, timeout=120)
 
 
-def test_cli_success(tmp_path):
+def test_cli_success(tmp_path, cli):
     out = tmp_path / "out"
-    result = run_cli("--data", write(tmp_path, "small.inter", SMALL), "--output_dir", str(out), "--num_shards", "2")
+    result = run_cli(cli, "--data", write(tmp_path, "small.inter", SMALL), "--output_dir", str(out), "--num_shards", "2")
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout
     assert sorted(os.listdir(out)) == ["data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord", "metadata.json", "vocab.json"]
 
 
-def test_cli_unknown_format_is_a_usage_error(tmp_path):
-    result = run_cli("--data", write(tmp_path, "small.inter", SMALL), "--format", "xml", "--output_dir", str(tmp_path / "o"))
+def test_cli_unknown_format_is_a_usage_error(tmp_path, cli):
+    result = run_cli(cli, "--data", write(tmp_path, "small.inter", SMALL), "--format", "xml", "--output_dir", str(tmp_path / "o"))
     assert result.returncode not in (0, 2) and "format" in result.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_malformed_file_exits_2_and_writes_nothing(tmp_path):
+def test_cli_malformed_file_exits_2_and_writes_nothing(tmp_path, cli):
     bad = write(tmp_path, "bad.inter", HEADER + "u\ta\t1\t1\nu\tb\t1\tlater\n")
-    result = run_cli("--data", bad, "--output_dir", str(tmp_path / "o"))
+    result = run_cli(cli, "--data", bad, "--output_dir", str(tmp_path / "o"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:3:")
     assert "Traceback" not in result.stderr
@@ -379,9 +374,9 @@ def test_streaming_is_chosen_by_size_and_cleans_up_on_errors(tmp_path, monkeypat
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "bad.inter", "messy.inter"]  # no partitions, no half-written set
 
 
-def test_cli_streaming_flag(tmp_path):
+def test_cli_streaming_flag(tmp_path, cli):
     out = tmp_path / "out"
-    result = run_cli("--data", write(tmp_path, "small.inter", SMALL), "--output_dir", str(out), "--streaming")
+    result = run_cli(cli, "--data", write(tmp_path, "small.inter", SMALL), "--output_dir", str(out), "--streaming")
     assert result.returncode == 0, result.stderr
     assert "streamed through 1 partition" in result.stdout
     assert load_metadata(str(out))["streaming"] == {"partitions": 1}

@@ -7,8 +7,6 @@ registry (and refused where a causal model is needed), learn the small world wel
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -50,16 +48,16 @@ def test_registered_with_its_capabilities_and_refused_as_casr_model():
 
 
 @pytest.fixture(scope="module")
-def trained(small_world, tmp_path_factory):
+def trained(small_world, tmp_path_factory, cli):
     tmp = tmp_path_factory.mktemp("bert4rec")
     model_dir = tmp / "run"
     args = [
-        sys.executable, "-m", "pipelines.train", "--model", "bert4rec", "--data", str(small_world / "source.inter"),
+        "--model", "bert4rec", "--data", str(small_world / "source.inter"),
         "--tfrecord_dir", str(tmp / "tfr"), "--model_dir", str(model_dir), "--epochs", "8", "--embedding_dim", "32",
         "--max_len", "30", "--num_shards", "2", "--hidden_dropout", "0.1", "--attn_dropout", "0.1", "--learning_rate", "3e-3",
         "--verbose", "0",
     ]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = cli("pipelines.train", args, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return model_dir, json.loads((model_dir / "metrics.json").read_text())
 

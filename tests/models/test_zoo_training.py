@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -115,13 +113,8 @@ def test_bad_settings_name_the_flag(tmp_path, overrides, flag):
     assert not os.path.exists(tmp_path / "bad")
 
 
-def _cli(args, cwd, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "pipelines.train", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-
-
-def test_cli_trains_into_checkpoints_train_model(small_world, tmp_path):
-    done = _cli(["--model", "stamp", "--data", str(small_world / "source.inter"), "--epochs", "1", "--embedding_dim", "8",
+def test_cli_trains_into_checkpoints_train_model(small_world, tmp_path, cli):
+    done = cli("pipelines.train", ["--model", "stamp", "--data", str(small_world / "source.inter"), "--epochs", "1", "--embedding_dim", "8",
                  "--max_len", "20", "--num_shards", "2"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     model_dir = tmp_path / "checkpoints" / "train-stamp"
@@ -131,8 +124,8 @@ def test_cli_trains_into_checkpoints_train_model(small_world, tmp_path):
 
 
 @pytest.mark.parametrize("model", ["atrank", "miir"])
-def test_cli_trains_side_information_models(small_world, tmp_path, model):
-    done = _cli(["--model", model, "--data", str(small_world / "source.inter"), "--item_data", os.path.join(REPO, "Data", "synthetic", "source.item"),
+def test_cli_trains_side_information_models(small_world, tmp_path, model, cli):
+    done = cli("pipelines.train", ["--model", model, "--data", str(small_world / "source.inter"), "--item_data", os.path.join(REPO, "Data", "synthetic", "source.item"),
                  "--epochs", "1", "--embedding_dim", "8", "--batch_size", "256", "--max_len", "10", "--num_shards", "2"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     model_dir = tmp_path / "checkpoints" / f"train-{model}"
@@ -140,8 +133,8 @@ def test_cli_trains_side_information_models(small_world, tmp_path, model):
     assert metrics["test"]["users"] > 0 and (model_dir / "export").is_dir()
 
 
-def test_cli_trains_caser(small_world, tmp_path):
-    done = _cli(["--model", "caser", "--data", str(small_world / "source.inter"), "--epochs", "1", "--embedding_dim", "8",
+def test_cli_trains_caser(small_world, tmp_path, cli):
+    done = cli("pipelines.train", ["--model", "caser", "--data", str(small_world / "source.inter"), "--epochs", "1", "--embedding_dim", "8",
                  "--nh", "2", "--num_shards", "2"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "checkpoints" / "train-caser" / "metrics.json").read_text())
@@ -159,8 +152,8 @@ def test_cli_trains_caser(small_world, tmp_path):
         (["--model", "caser", "--max_len", "400", "--epochs", "1"], "--max_len: Caser windows of L + T = 400 + 3"),
     ],
 )
-def test_cli_bad_model_or_max_len_is_one_clear_error(tmp_path, args, message):
-    done = _cli([*args, "--model_dir", str(tmp_path / "bad")], cwd=REPO)
+def test_cli_bad_model_or_max_len_is_one_clear_error(tmp_path, args, message, cli):
+    done = cli("pipelines.train", [*args, "--model_dir", str(tmp_path / "bad")], cwd=REPO)
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "bad").exists()
