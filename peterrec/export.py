@@ -144,13 +144,19 @@ class ServingModule(tf.Module):
         ids, lengths = self.encode(item_ids)
         all_ids = tf.cast(self.table.lookup(item_ids), tf.int32)  # every input item, not only the context window
         ids = tf.pad(ids, [[0, 0], [0, 1]])  # a free slot: tasks may write [MASK]/[SEP] at `lengths`
-        scores = exclude_reserved(self.task.serve_scores(ids, lengths))
+        scores = self.scores(ids, lengths)
         if exclude_seen:
             rows = tf.broadcast_to(tf.range(tf.shape(all_ids)[0])[:, None], tf.shape(all_ids))
             seen = tf.scatter_nd(tf.stack([rows, all_ids], axis=-1), tf.ones_like(all_ids), tf.shape(scores)) > 0
             scores = tf.where(seen, tf.fill(tf.shape(scores), -3.0e38), scores)
         top = tf.math.top_k(scores, k=self.top_k)
         return {"top_k_ids": tf.gather(self.id_to_token, top.indices), "top_k_scores": top.values}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)], autograph=False)
+    def scores(self, ids, lengths):
+        """The task's serving scores ``[B, V]`` (reserved ids at -inf) of encoded windows with a free slot: one
+        trace of the model that both signatures call."""
+        return exclude_reserved(self.task.serve_scores(ids, lengths))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")], autograph=False)
     def serve(self, item_ids):

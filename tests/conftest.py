@@ -4,6 +4,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # pytest-xdist runs one worker per core: one thread per TensorFlow pool in each (and in the command lines
+    # they start) instead of every worker's pools contending for all cores (2 cores: 83 s instead of 97 s for two files).
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import pytest  # noqa: E402
 

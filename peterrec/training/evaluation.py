@@ -25,7 +25,8 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
 
     Args:
         scorer: object with ``eval_scores(batch) -> [batch, V]`` scores.
-        dataset_fn: ``input_context -> tf.data.Dataset`` of evaluation rows.
+        dataset_fn: ``input_context -> tf.data.Dataset`` of evaluation rows, or such a dataset already
+            distributed by ``strategy`` (e.g. one kept to evaluate every epoch without rebuilding it).
         protocol: "full" (rank over every non-reserved id) or "sampled"
             (rank among the target and ``num_negatives`` uniform negatives).
         log_loss: also report ``log_loss``, the mean softmax cross-entropy of the
@@ -35,8 +36,11 @@ def evaluate(scorer, dataset_fn, strategy=None, *, protocol="full", num_negative
         raise ValueError("log_loss needs the full protocol")
     strategy = strategy or tf.distribute.get_strategy()
     names = _metric_names(ks, log_loss)
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    dataset = strategy.distribute_datasets_from_function(dataset_fn) if callable(dataset_fn) else dataset_fn
     step = _eval_step(scorer, strategy, protocol, num_negatives, tuple(ks), seed, log_loss)
+    # One trace for every batch size: traced from the dataset's spec (batch dimension None), the first full batch
+    # and the last partial one both dispatch to it (tracing from values traces the model twice).
+    step.get_concrete_function(dataset.element_spec, tf.TensorSpec([], tf.int32))
     total, count = np.zeros(len(names)), 0.0
     for i, batch in enumerate(dataset):
         sums, n = step(batch, tf.constant(i, tf.int32))

@@ -107,6 +107,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
         self.metric_fn = metric_fn  # metric_fn(task, split) -> metrics: a job's own validation metric set (ATRank's AUC)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.inputs = inputs
+        self._eval_datasets = {}  # split -> distributed evaluation dataset
         self.is_chief = is_chief(self.strategy)
         if self.is_chief:
             locking.acquire(model_dir)  # one job per model_dir (re-entrant: the job may hold it already)
@@ -203,9 +204,11 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
         """
         if scorer is None and self.metric_fn is not None:
             return self.metric_fn(self.task, split)
+        if split not in self._eval_datasets:  # built once: every epoch and every scorer iterates the same rows
+            self._eval_datasets[split] = self.strategy.distribute_datasets_from_function(lambda ctx: self.inputs.evaluate(split, ctx))
         return evaluate(
             scorer or self.task,
-            lambda ctx: self.inputs.evaluate(split, ctx),
+            self._eval_datasets[split],
             self.strategy,
             protocol=self.config.eval_protocol,
             num_negatives=self.config.num_negatives,
