@@ -57,6 +57,10 @@ def _serve():
 
     import peterrec.evaluation, peterrec.finetuning, peterrec.inference, peterrec.patches, peterrec.pretraining  # noqa: F401,E401
     from pipelines import flags  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")  # as every job's curves.png
+    import matplotlib.pyplot  # noqa: F401
 
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints of the server go to stderr, never into the reply stream

@@ -94,7 +94,7 @@ def training_prefixes(set_dir, *, max_len, seed, sample, n_per_seq, intervention
     build = lambda u, r: _user_prefixes(  # noqa: E731
         u, r, max_len=max_len, seed=seed, sample=sample, n_per_seq=n_per_seq, intervention=intervention
     )
-    ds = ds.map(graph_fn(build)).flat_map(tf.data.Dataset.from_tensor_slices).filter(graph_fn(lambda row: row["selected"]))
+    ds = ds.map(graph_fn(build)).unbatch().filter(graph_fn(lambda row: row["selected"]))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -203,7 +203,7 @@ def train_windows(set_dir, users: CaserUsers, *, L, T, neg_samples, vocabulary_s
     windows = lambda items, user: user_windows(  # noqa: E731
         items, user, L=L, T=T, neg_samples=neg_samples, vocabulary_size=vocabulary_size, epoch_seed=epoch_seed
     )
-    return ds.map(graph_fn(windows), num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
+    return ds.map(graph_fn(windows), num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def train_dataset(

@@ -154,7 +154,7 @@ def cloze_train_dataset(
             chunks, lengths, user_seed, vocabulary_size=vocabulary_size, mask_prob=mask_prob, max_predictions=max_predictions
         )
 
-    ds = ds.map(graph_fn(chunk_and_mask), num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
+    ds = ds.map(graph_fn(chunk_and_mask), num_parallel_calls=AUTOTUNE).unbatch()
     ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).repeat()
     return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 

@@ -228,7 +228,8 @@ def train_dataset(
     epoch_seed = order_seed(seed, epoch, shuffle)
     ds = _records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
     ds = ds.map(graph_fn(train_items), num_parallel_calls=AUTOTUNE).filter(graph_fn(lambda items: tf.size(items) >= 2))
-    ds = ds.flat_map(graph_fn(lambda items: tf.data.Dataset.from_tensor_slices(_windows(items, max_len, stride, pad_as_item))))
+    # map + unbatch, not flat_map(from_tensor_slices): the same windows in the same order without a dataset per user
+    ds = ds.map(graph_fn(lambda items: _windows(items, max_len, stride, pad_as_item)), num_parallel_calls=AUTOTUNE).unbatch()
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 

@@ -31,14 +31,12 @@ def _pairs(record, context_len):
     padded = tf.ensure_shape(tf.pad(items, [[0, context_len - length]], constant_values=PAD_ID), [context_len])
     targets = record["targets"]
     n = tf.size(targets)
-    return tf.data.Dataset.from_tensor_slices(
-        {
-            ITEM_IDS: tf.repeat(padded[None, :], n, axis=0),
-            LENGTHS: tf.fill([n], length),
-            LABELS: targets,
-            "user": tf.fill([n], record["user"]),
-        }
-    )
+    return {
+        ITEM_IDS: tf.repeat(padded[None, :], n, axis=0),
+        LENGTHS: tf.fill([n], length),
+        LABELS: targets,
+        "user": tf.fill([n], record["user"]),
+    }
 
 
 def _role_filter(split):
@@ -51,7 +49,7 @@ def pair_dataset(set_dir, split, *, context_len, batch_size, shuffle_seed=None, 
     if split not in SPLIT_ROLES:
         raise ValueError(f"split must be one of {tuple(SPLIT_ROLES)}, got {split!r}")
     ds = _records(set_dir, shuffle_seed=shuffle_seed, input_context=input_context).filter(graph_fn(_role_filter(split)))
-    return ds.flat_map(graph_fn(lambda r: _pairs(r, context_len)))
+    return ds.map(graph_fn(lambda r: _pairs(r, context_len)), num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def train_pairs(set_dir, *, context_len, batch_size, steps, seed, epoch=0, skip_steps=0, shuffle="epoch", shuffle_buffer=20000,

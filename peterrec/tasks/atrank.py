@@ -110,7 +110,7 @@ def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size,
     ds = ds.filter(graph_fn(lambda r: tf.size(dataset.train_items(r)) >= 2))
     ds = ds.map(graph_fn(lambda r: user_examples(r, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn)),
                 num_parallel_calls=AUTOTUNE)
-    ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
+    ds = ds.unbatch()
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return dataset.epoch_batches(ds, max(1, batch_size // 2), steps, skip_steps, input_context).map(graph_fn(trim))
 

@@ -81,7 +81,7 @@ def train_dataset(set_dir, *, stage, max_len, num_fields, mask_prob, batch_size,
         user_seed = tf.stack([tf.constant(epoch_seed, tf.int64), index * num_pipelines + pipeline_id])
         return mask_chunks(chunks, lengths, user_seed, stage=stage, num_fields=num_fields, mask_prob=mask_prob)
 
-    ds = ds.map(graph_fn(rows), num_parallel_calls=AUTOTUNE).flat_map(tf.data.Dataset.from_tensor_slices)
+    ds = ds.map(graph_fn(rows), num_parallel_calls=AUTOTUNE).unbatch()
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
     return dataset.epoch_batches(ds, batch_size, steps, skip_steps, input_context)
 
