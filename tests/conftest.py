@@ -40,6 +40,17 @@ def small_world(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def mini_world(tmp_path_factory):
+    """The small world's structure at a quarter of its size (200 users, 200 items): for tests of plumbing
+    (resume, refusals, exports, command lines) that do not judge learning."""
+    from peterrec.data import synthetic
+
+    out = tmp_path_factory.mktemp("mini_world")
+    synthetic.generate(str(out), seed=7, n_users=200, n_items=200, n_target_items=100, length_median=20.0)
+    return out
+
+
 @pytest.fixture
 def shared_dir():
     if not os.path.isdir(SHARED):

@@ -41,9 +41,9 @@ def _run(cli, name, data, tmp):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_mirrored_two_replicas_match_the_default_strategy(small_world, tmp_path, cli):
-    default = _run(cli, "default", small_world / "source.inter", tmp_path)
-    mirrored = _run(cli, "mirrored", small_world / "source.inter", tmp_path)
+def test_mirrored_two_replicas_match_the_default_strategy(mini_world, tmp_path, cli):
+    default = _run(cli, "default", mini_world / "source.inter", tmp_path)
+    mirrored = _run(cli, "mirrored", mini_world / "source.inter", tmp_path)
     assert default["replicas"] == 1 and mirrored["replicas"] == 2
     assert len(default["losses"]) == len(mirrored["losses"]) == 6
     for a, b in zip(default["losses"], mirrored["losses"]):

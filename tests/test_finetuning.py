@@ -26,6 +26,19 @@ def pretrained(small_world, tmp_path_factory):
     return metrics["export_dir"], tmp
 
 
+@pytest.fixture(scope="module")
+def few_users(small_world, tmp_path_factory):
+    """The small world's files cut to its first 200 users (the pretrained vocabulary's items): for the tests that check
+    which weights a mode trains, not how well it learns."""
+    out = tmp_path_factory.mktemp("few_users")
+    users = list(dict.fromkeys(line.split("\t", 1)[0] for line in open(small_world / "source.inter").read().splitlines()[1:]))[:200]
+    keep = set(users)
+    for name in ("source.inter", "target.inter", "profile.inter"):
+        lines = open(small_world / name).read().splitlines()
+        (out / name).write_text("\n".join([lines[0], *(line for line in lines[1:] if line.split("\t", 1)[0] in keep)]) + "\n")
+    return out
+
+
 def _finetune(small_world, pre, name, **overrides):
     export_dir, tmp = pre
     args = dict(
@@ -114,8 +127,8 @@ def test_patch_for_another_backbone_is_refused(serial_run, small_world, tmp_path
 
 
 @pytest.mark.parametrize("mode", ["fineall", "finelast", "finecls", "scratch"])
-def test_baseline_modes_train_the_right_weights(small_world, pretrained, mode):
-    cfg = _finetune(small_world, pretrained, f"mode-{mode}", finetune_mode=mode, epochs=1)
+def test_baseline_modes_train_the_right_weights(few_users, pretrained, mode):
+    cfg = _finetune(few_users, pretrained, f"mode-{mode}", finetune_mode=mode, epochs=1)
     metrics = finetuning.run(cfg)
     before = {w.path: w.numpy() for w in export.load_export(pretrained[0]).backbone.weights}
     after, _ = _weights(metrics["export_dir"])
@@ -134,15 +147,15 @@ def test_baseline_modes_train_the_right_weights(small_world, pretrained, mode):
     assert not any("/patch" in p for p in after)
 
 
-def test_head_warmup_freezes_the_backbone_exactly_then_releases_it(small_world, pretrained):
+def test_head_warmup_freezes_the_backbone_exactly_then_releases_it(few_users, pretrained):
     """--head_warmup_epochs: during warm-up only the target table learns (backbone bit-identical)."""
     before = {w.path: w.numpy() for w in export.load_export(pretrained[0]).backbone.weights}
-    warm = finetuning.run(_finetune(small_world, pretrained, "warmup-only", finetune_mode="fineall", epochs=1, head_warmup_epochs=1, patience=0))
+    warm = finetuning.run(_finetune(few_users, pretrained, "warmup-only", finetune_mode="fineall", epochs=1, head_warmup_epochs=1, patience=0))
     after, loaded = _weights(warm["export_dir"])
     for path, value in before.items():
         np.testing.assert_array_equal(after[path], value, err_msg=path)
     table = loaded.task.target_embedding.embeddings.numpy()
-    fresh = finetuning.run(_finetune(small_world, pretrained, "warmup-none", finetune_mode="fineall", epochs=1, patience=0))
+    fresh = finetuning.run(_finetune(few_users, pretrained, "warmup-none", finetune_mode="fineall", epochs=1, patience=0))
     assert not np.array_equal(table, _weights(fresh["export_dir"])[1].task.target_embedding.embeddings.numpy())
     # The gate opens at head_warmup_steps: step the restored task by hand across the boundary.
     task = loaded.task
@@ -162,7 +175,7 @@ def test_head_warmup_freezes_the_backbone_exactly_then_releases_it(small_world, 
     assert all(np.array_equal(snapshots[1][p], v) for p, v in before.items())  # steps 0 and 1: frozen
     assert all(not np.array_equal(snapshots[2][p], v) for p, v in before.items())  # step 2: everything moves
     with pytest.raises(ConfigError, match="head_warmup_epochs"):
-        finetuning.run(_finetune(small_world, pretrained, "warmup-bad", head_warmup_epochs=1))
+        finetuning.run(_finetune(few_users, pretrained, "warmup-bad", head_warmup_epochs=1))
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +221,8 @@ def test_lambdafm_probabilities_map_ranks_to_ids():
     np.testing.assert_allclose(probs[order], weights / weights.sum())
 
 
-def test_bpr_lambdafm_and_full_eval_run(small_world, pretrained):
-    cfg = _finetune(small_world, pretrained, "bpr", sampler="lambdafm", epochs=1)  # bpr and the full ranking are its defaults
+def test_bpr_lambdafm_and_full_eval_run(few_users, pretrained):
+    cfg = _finetune(few_users, pretrained, "bpr", sampler="lambdafm", epochs=1)  # bpr and the full ranking are its defaults
     metrics = finetuning.run(cfg)
     assert cfg.resolved_loss() == "bpr" and metrics["eval_protocol"] == "full" and np.isfinite(metrics["test"]["mrr@5"])
 
@@ -314,18 +327,18 @@ def test_one_backbone_many_patches_cli(serial_run, classify_run, pretrained, sma
 
 
 @pytest.fixture(scope="module")
-def grec_pretrained(small_world, tmp_path_factory):
+def grec_pretrained(few_users, tmp_path_factory):
     """One GRec pretraining shared by both insertions (the pretrain does not depend on the insertion)."""
     tmp = tmp_path_factory.mktemp("grec")
-    pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
+    pre = pretraining.run(pretraining.PretrainConfig(backbone="grec", data=str(few_users / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
                                                      model_dir=str(tmp / "pre"), **dict(TINY_PRE, epochs=1)))
     return pre["export_dir"], tmp
 
 
 @pytest.mark.parametrize("insertion", ["serial", None])
-def test_non_causal_grec_backbone_finetunes(small_world, grec_pretrained, insertion):
+def test_non_causal_grec_backbone_finetunes(few_users, grec_pretrained, insertion):
     _, tmp = grec_pretrained
-    metrics = finetuning.run(_finetune(small_world, grec_pretrained, f"fine-{insertion}", insertion=insertion, epochs=1))
+    metrics = finetuning.run(_finetune(few_users, grec_pretrained, f"fine-{insertion}", insertion=insertion, epochs=1))
     # unset: parallel, as every non-causal script of the original (it has no non-causal serial one)
     assert metrics["backbone"] == "grec" and metrics["insertion"] == (insertion or "parallel")
     job = json.load(open(os.path.join(tmp, f"fine-{insertion}", "job_config.json")))

@@ -238,8 +238,8 @@ def test_grec_job_outputs_and_export(trained, small_world):
     assert not any(t.decode().startswith("[") for t in ids.ravel())
 
 
-def test_grec_sampled_softmax_trains(small_world, tmp_path):
-    metrics = pretraining.run(_config(tmp_path, small_world / "source.inter", "sampled", epochs=1, loss="sampled_softmax"))
+def test_grec_sampled_softmax_trains(mini_world, tmp_path):
+    metrics = pretraining.run(_config(tmp_path, mini_world / "source.inter", "sampled", epochs=1, loss="sampled_softmax"))
     assert np.isfinite(metrics["valid"]["mrr@10"]) and metrics["global_step"] > 0
 
 
@@ -253,7 +253,7 @@ def test_bad_grec_settings_name_the_flag(tmp_path, overrides, flag):
     assert not os.path.exists(tmp_path / "bad")
 
 
-def test_positional_embedding_is_concatenated_and_trains(small_world, tmp_path):
+def test_positional_embedding_is_concatenated_and_trains(mini_world, tmp_path):
     import keras as _keras
 
     from peterrec.backbones.nextitnet import NextItNetBackbone
@@ -269,7 +269,7 @@ def test_positional_embedding_is_concatenated_and_trains(small_world, tmp_path):
     clone = _keras.saving.deserialize_keras_object(_keras.saving.serialize_keras_object(backbone))
     clone.set_weights(backbone.get_weights())
     np.testing.assert_allclose(np.asarray(clone(np.array([[5, 6, 7, 0, 0]], dtype="int32"))), np.asarray(out), atol=1e-6)
-    cfg = pretraining.PretrainConfig(backbone="grec", positional_embedding=True, data=str(small_world / "source.inter"),
+    cfg = pretraining.PretrainConfig(backbone="grec", positional_embedding=True, data=str(mini_world / "source.inter"),
                                      tfrecord_dir=str(tmp_path / "tfr"), model_dir=str(tmp_path / "pos"), embedding_dim=16,
                                      dilations=(1, 4), max_len=20, epochs=1, verbose=0, num_shards=2)
     metrics = pretraining.run(cfg)

@@ -106,8 +106,8 @@ def test_saved_model_matches_the_keras_model(trained, small_world):
     assert [i for i, _ in loaded.recommend([seq[:12]], top_k=5)[0]] == [t.decode() for t in ids[0][:5]]
 
 
-def test_resume_mid_epoch_continues_the_global_step(small_world, tmp_path):
-    cfg = _config(tmp_path, small_world / "source.inter", "resume", epochs=2, checkpoint_every_steps=3)
+def test_resume_mid_epoch_continues_the_global_step(mini_world, tmp_path):
+    cfg = _config(tmp_path, mini_world / "source.inter", "resume", epochs=2, checkpoint_every_steps=3, batch_size=16)
     set_dir, metadata, vocab = pretraining.prepare_data(cfg)
     inputs = pretraining.build_inputs(set_dir, metadata, cfg)
     steps = inputs.steps_per_epoch
@@ -132,8 +132,8 @@ def test_resume_mid_epoch_continues_the_global_step(small_world, tmp_path):
     assert any(not np.array_equal(a, w.numpy()) for a, w in zip(saved, second.task.weights))
 
 
-def test_rerun_with_more_epochs_resumes(small_world, tmp_path):
-    cfg = _config(tmp_path, small_world / "source.inter", "more", epochs=1)
+def test_rerun_with_more_epochs_resumes(mini_world, tmp_path):
+    cfg = _config(tmp_path, mini_world / "source.inter", "more", epochs=1)
     first = pretraining.run(cfg)
     cfg.epochs = 2
     second = pretraining.run(cfg)
@@ -142,10 +142,10 @@ def test_rerun_with_more_epochs_resumes(small_world, tmp_path):
     assert len(export.versions(os.path.join(cfg.model_dir, "export"))) == 2  # the first export stays valid
 
 
-def test_incompatible_model_dir_is_refused(small_world, tmp_path):
-    pretraining.run(_config(tmp_path, small_world / "source.inter", "same", epochs=1))
+def test_incompatible_model_dir_is_refused(mini_world, tmp_path):
+    pretraining.run(_config(tmp_path, mini_world / "source.inter", "same", epochs=1))
     with pytest.raises(ConfigError, match="embedding_dim"):
-        pretraining.run(_config(tmp_path, small_world / "source.inter", "same", epochs=1, embedding_dim=16))
+        pretraining.run(_config(tmp_path, mini_world / "source.inter", "same", epochs=1, embedding_dim=16))
 
 
 @pytest.mark.parametrize(
@@ -165,20 +165,20 @@ def test_bad_settings_name_the_flag(tmp_path, overrides, flag):
     assert not os.path.exists(tmp_path / "bad")
 
 
-def test_sampled_softmax_and_pad_as_item_train(small_world, tmp_path):
+def test_sampled_softmax_and_pad_as_item_train(mini_world, tmp_path):
     both = dict(loss="sampled_softmax", pad_as_item=True)  # PAD labels: expected count must stay > 0 (finite log-Q)
     for name, overrides in {"sampled": dict(loss="sampled_softmax"), "padded": dict(pad_as_item=True), "both": both}.items():
-        metrics = pretraining.run(_config(tmp_path, small_world / "source.inter", name, epochs=1, **overrides))
+        metrics = pretraining.run(_config(tmp_path, mini_world / "source.inter", name, epochs=1, **overrides))
         assert np.isfinite(metrics["valid"]["mrr@10"]) and metrics["global_step"] > 0
 
 
-def test_cli_writes_the_outputs_and_fails_cleanly(small_world, tmp_path, cli):
-    cmd = ["--data", str(small_world / "source.inter"), "--epochs", "1",
+def test_cli_writes_the_outputs_and_fails_cleanly(mini_world, tmp_path, cli):
+    cmd = ["--data", str(mini_world / "source.inter"), "--epochs", "1",
            "--embedding_dim", "8", "--dilations", "1,2", "--model_dir", str(tmp_path / "cli"), "--tfrecord_dir", str(tmp_path / "tfr")]
     done = cli("pipelines.pretrain", cmd)
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"export_dir"' in done.stdout
-    assert tfrecord.load_metadata(next((tmp_path / "tfr").iterdir()))["vocab_size"] > 400
+    assert tfrecord.load_metadata(next((tmp_path / "tfr").iterdir()))["vocab_size"] > 100
     again = cli("pipelines.pretrain", cmd[:-4] + ["--embedding_dim", "16", "--model_dir", str(tmp_path / "cli"), "--tfrecord_dir", str(tmp_path / "tfr")])
     assert again.returncode == 2 and "different configuration" in again.stderr and "Traceback" not in again.stderr
 

@@ -149,23 +149,23 @@ def test_no_content_length_is_411_and_an_oversize_body_is_413_unread(server):
 
 
 @pytest.fixture(scope="module")
-def finetuned_export(small_world, tmp_path_factory):
+def finetuned_export(mini_world, tmp_path_factory):
     """A finetuned (PeterRec, target-domain) export of a tiny pretrained NextItNet."""
     from peterrec import finetuning, pretraining
 
     tmp = tmp_path_factory.mktemp("serve-fine")
     tiny = dict(epochs=1, embedding_dim=8, dilations=(1, 2), max_len=20, batch_size=64, verbose=0, num_shards=2)
-    pre = pretraining.run(pretraining.PretrainConfig(data=str(small_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
+    pre = pretraining.run(pretraining.PretrainConfig(data=str(mini_world / "source.inter"), tfrecord_dir=str(tmp / "tfr"),
                                                      model_dir=str(tmp / "pre"), **tiny))
-    fine = finetuning.run(finetuning.FinetuneConfig(pretrained=pre["export_dir"], data=str(small_world / "source.inter"),
-                                                    targets=str(small_world / "target.inter"), tfrecord_dir=str(tmp / "tfr"),
+    fine = finetuning.run(finetuning.FinetuneConfig(pretrained=pre["export_dir"], data=str(mini_world / "source.inter"),
+                                                    targets=str(mini_world / "target.inter"), tfrecord_dir=str(tmp / "tfr"),
                                                     model_dir=str(tmp / "fine"), epochs=1, verbose=0, num_shards=2))
     return fine["export_dir"]
 
 
-def test_http_serves_a_finetuned_export(finetuned_export, small_world):
+def test_http_serves_a_finetuned_export(finetuned_export, mini_world):
     loaded = export.load_export(finetuned_export)
-    rows = [line.split("\t") for line in open(small_world / "source.inter").read().splitlines()[1:200]]
+    rows = [line.split("\t") for line in open(mini_world / "source.inter").read().splitlines()[1:200]]
     sequences = [[item for user, item, _ in rows if user == u] for u in sorted({r[0] for r in rows})[:3]]
     srv = serving.make_server(os.path.dirname(finetuned_export), port=0, max_batch=4, max_len=200)
     serving.serve_in_thread(srv)

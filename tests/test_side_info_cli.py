@@ -41,15 +41,15 @@ def test_pretrain_miir_defaults_without_flags(cli):
     assert os.path.isfile(os.path.join(REPO, cfg["data"])) and os.path.isfile(os.path.join(REPO, cfg["item_data"]))
 
 
-def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, tmp_path, cli):
-    data = ["--data", str(small_world / "source.inter"), "--item_data", str(small_world / "source.item")]
+def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(mini_world, tmp_path, cli):
+    data = ["--data", str(mini_world / "source.inter"), "--item_data", str(mini_world / "source.item")]
     done = cli("pipelines.pretrain", ["--backbone", "miir", *data, *TINY_MIIR], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     mii_dir = tmp_path / "checkpoints" / "pretrain-miir"
     summary = json.loads(done.stdout[done.stdout.index("\n{\n") + 1:])
     assert summary["model_dir"] == os.path.join("checkpoints", "pretrain-miir")
     metrics = json.loads((mii_dir / "metrics.json").read_text())
-    assert {"hr@10", "mrr@10", "sampled_hr@10", "sampled_mrr", "sampled_auc"} <= set(metrics["test"]) and metrics["test"]["users"] == 800
+    assert {"hr@10", "mrr@10", "sampled_hr@10", "sampled_mrr", "sampled_auc"} <= set(metrics["test"]) and metrics["test"]["users"] == 200
     assert json.loads((mii_dir / "job_config.json").read_text())["stage"] == "mii"
     pretrained = _weights(str(mii_dir / "export"))
 
@@ -59,7 +59,7 @@ def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, t
     assert done.returncode == 0, done.stderr[-2000:]
     rec_dir = tmp_path / "checkpoints" / "train-miir"
     rec = json.loads((rec_dir / "metrics.json").read_text())
-    assert json.loads((rec_dir / "job_config.json").read_text())["stage"] == "rec" and rec["test"]["users"] == 800
+    assert json.loads((rec_dir / "job_config.json").read_text())["stage"] == "rec" and rec["test"]["users"] == 200
     finetuned = _weights(str(rec_dir / "export"))
     assert finetuned.keys() == pretrained.keys() and any("item_embedding" in k for k in finetuned)
     for name, value in pretrained.items():
@@ -71,17 +71,17 @@ def test_pretrain_miir_then_train_from_it_and_finetune_refuses_it(small_world, t
     assert "other item features" in line
 
     # pipelines.finetune is PeterRec's: it reads the backbone type from the export and refuses MIIR
-    line = _error_line(cli("pipelines.finetune", ["--pretrained", str(mii_dir / "export"), "--data", str(small_world / "target.inter")], cwd=tmp_path))
+    line = _error_line(cli("pipelines.finetune", ["--pretrained", str(mii_dir / "export"), "--data", str(mini_world / "target.inter")], cwd=tmp_path))
     assert "'MIIR' cannot be patched" in line
     assert not (tmp_path / "checkpoints" / "finetune-miir-serial-peterrec-items").exists()
 
 
 @pytest.mark.parametrize("module,model", [("pretrain", ["--backbone", "miir"]), ("train", ["--model", "atrank"])])
-def test_bad_item_data_and_fields_give_one_error(small_world, tmp_path, module, model, cli):
-    data = ["--data", str(small_world / "source.inter"), "--tfrecord_dir", str(tmp_path / "tfr"), "--num_shards", "1"]
+def test_bad_item_data_and_fields_give_one_error(mini_world, tmp_path, module, model, cli):
+    data = ["--data", str(mini_world / "source.inter"), "--tfrecord_dir", str(tmp_path / "tfr"), "--num_shards", "1"]
     line = _error_line(cli(f"pipelines.{module}", [*model, *data, "--item_data", str(tmp_path / "absent.item")], cwd=tmp_path))
     assert f"{tmp_path / 'absent.item'}: no such side-information file (--item_data)" in line
-    line = _error_line(cli(f"pipelines.{module}", [*model, *data, "--item_data", str(small_world / "source.item"), "--item_fields", "category,colour"], cwd=tmp_path))
+    line = _error_line(cli(f"pipelines.{module}", [*model, *data, "--item_data", str(mini_world / "source.item"), "--item_fields", "category,colour"], cwd=tmp_path))
     assert "--item_fields: unknown field(s) 'colour'" in line and "category, brand, price" in line
     assert not (tmp_path / "checkpoints").exists()
 
