@@ -275,12 +275,12 @@ def test_bad_inputs(small_world, pretrained, tmp_path):
         assert not os.path.exists(os.path.join(pretrained[1], name, "export"))
 
 
-def test_zero_flag_pretrain_then_finetune_path(small_world, tmp_path, cli):
+def test_zero_flag_pretrain_then_finetune_path(few_users, tmp_path, cli):
     """The README's two commands, in a fresh directory, on a tiny configuration."""
     data = tmp_path / "Data" / "synthetic"
     data.mkdir(parents=True)
     for name in ("source.inter", "target.inter", "profile.inter"):
-        (data / name).write_bytes((small_world / name).read_bytes())
+        (data / name).write_bytes((few_users / name).read_bytes())
     tiny = ["--epochs", "1", "--embedding_dim", "8", "--dilations", "1,2"]
     pre = cli("pipelines.pretrain", ["--backbone", "nextitnet", *tiny], cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr[-2000:]
