@@ -184,3 +184,20 @@ def test_caser_benchmark_keeps_its_own_window(tmp_path, tiny_inter):
     config = json.loads(open(os.path.join(run["model_dir"], "job_config.json")).read())
     assert config["caser"]["L"] == 5 and config["caser"]["d"] == 8
     assert "| Caser (L=5) (peterrec, fast" in (tmp_path / "res" / "tiny.md").read_text()
+
+
+def test_suite_timing_sums_each_files_setup_call_and_teardown():
+    from benchmarks import test_suite
+
+    text = "\n".join([
+        "============================= slowest durations ==============================",
+        "12.50s setup    tests/test_a.py::test_one",
+        "3.25s call     tests/test_a.py::test_one",
+        "0.25s teardown tests/test_a.py::test_one",
+        "2.00s call     tests/models/test_b.py::test_two[x]",
+        "605 passed, 20 skipped, 1 warning in 399.07s (0:06:39)",
+    ])
+    per_file, summary = test_suite.parse(text)
+    assert per_file == {"tests/test_a.py": 16.0, "tests/models/test_b.py": 2.0} and summary == (605, 20, 399.07)
+    with pytest.raises(SystemExit, match="did the run finish"):
+        test_suite.parse("\n".join(text.splitlines()[:-1]))
