@@ -3,16 +3,14 @@ failing file systems. Each case asserts the exit status, the one ``error:`` line
 flag (or the correct result when the input must work), and that no partial output was left behind.
 
 Every case is a real command line run through ``pipelines.flags.run`` (absl flag parsing, exit codes) in a
-process of its own: one runner subprocess imports TensorFlow once and forks a child per case, so a case
-costs what it does, not a TensorFlow import. ``docs/reliability.md`` lists the same cases with their results.
+process of its own: one runner (a fork of the ``cli`` fixture's server, which imported TensorFlow once) forks a
+child per case, so a case costs what it does, not a TensorFlow import. ``docs/reliability.md`` lists the same cases with their results.
 """
 
 import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -424,7 +422,7 @@ def _fill(text, paths):
 
 
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory):
+def matrix(tmp_path_factory, cli):
     """Builds the shared artefacts and every case's inputs, runs all cases, returns ``(paths, results)``."""
     root = tmp_path_factory.mktemp("bad_input")
     world = root / "world"
@@ -459,9 +457,8 @@ def matrix(tmp_path_factory):
                       "out": str(out), "inject": inject})
     spec = {"cases": cases, "workers": 2, "timeout": 240, "results": str(root / "results.json")}
     (root / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(root / "spec.json")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    # The runner is itself a fork of the command-line server (TensorFlow imported already); it forks a child per case.
+    done = cli.code(RUNNER, [str(root / "spec.json")], cwd=REPO, env={"TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.load(open(root / "results.json"))
     for case in cases:
