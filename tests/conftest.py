@@ -19,21 +19,15 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
-# pytest-xdist (--dist loadfile --no-loadscope-reorder, pytest.ini) hands each worker the next file in collection
-# order when it runs low: the longest files go first (seconds measured with --durations=0 on the 2-core machine),
-# so no long file starts last while the other worker idles. Files not listed follow in collection order.
-LONGEST_FIRST = (
-    "test_finetuning.py", "test_pretraining.py", "models/test_zoo_training.py", "test_evaluate_every_model.py",  # 124, 86, 73, 68 s
-    "test_casr.py", "test_classify_learns.py", "test_multiworker.py", "models/test_atrank.py", "test_resume.py",  # 46 .. 30 s
-    "test_bad_input.py", "test_grec.py", "models/test_bert4rec.py", "test_mixed_precision.py", "test_side_info_cli.py",  # 29 .. 22 s
-    "test_benchmarking.py", "test_serving.py", "models/test_miir.py", "test_tuning.py", "test_model_patch.py",  # 21 .. 16 s
-)
-
-
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    tests = os.path.join(REPO, "tests")
-    items.sort(key=lambda item: rank.get(os.path.relpath(str(item.path), tests).replace(os.sep, "/"), len(rank)))  # stable
+    """Longest files first. pytest-xdist (``--dist loadfile --no-loadscope-reorder``, pytest.ini) hands each worker the
+    next file in collection order when it runs low, so no long file starts last while the other worker idles. The
+    seconds per file are those ``python -m benchmarks.test_suite`` measured last; files it has not seen keep their order."""
+    import json
+
+    path = os.path.join(REPO, "benchmarks", "results", "test_suite.json")
+    seconds = json.load(open(path))["per_file_seconds"] if os.path.exists(path) else {}
+    items.sort(key=lambda item: -seconds.get(os.path.relpath(str(item.path), REPO).replace(os.sep, "/"), 0.0))  # stable
 
 
 @pytest.fixture(autouse=True)
@@ -113,20 +107,16 @@ class CommandLines:
             raise RuntimeError(f"the command-line server did not start (exit {self._server.wait()})")
 
     def __call__(self, module, argv, cwd=REPO, env=None, timeout=600):
-        import subprocess
-
-        command, request = self._request(dict(op="run", module=module), ["python", "-m", module], argv, cwd, env, timeout)
-        reply = self._ask(request)
-        stdout, stderr = _outputs(request["out"])
-        if reply["timed_out"]:
-            raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
-        return subprocess.CompletedProcess(command, reply["code"], stdout, stderr)
+        return self._run(dict(op="run", module=module), ["python", "-m", module], argv, cwd, env, timeout)
 
     def code(self, code, argv=(), cwd=REPO, env=None, timeout=600):
         """``python -c code argv...``."""
+        return self._run(dict(op="run", module=None, code=code), ["python", "-c", code], argv, cwd, env, timeout)
+
+    def _run(self, what, command, argv, cwd, env, timeout):
         import subprocess
 
-        command, request = self._request(dict(op="run", module=None, code=code), ["python", "-c", code], argv, cwd, env, timeout)
+        command, request = self._request(what, command, argv, cwd, env, timeout)
         reply = self._ask(request)
         stdout, stderr = _outputs(request["out"])
         if reply["timed_out"]:
