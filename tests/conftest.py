@@ -22,12 +22,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, os.environ.get("
 def pytest_collection_modifyitems(items):
     """Longest files first. pytest-xdist (``--dist loadfile --no-loadscope-reorder``, pytest.ini) hands each worker the
     next file in collection order when it runs low, so no long file starts last while the other worker idles. The
-    seconds per file are those ``python -m benchmarks.test_suite`` measured last; files it has not seen keep their order."""
+    seconds per file are those ``python -m benchmarks.test_suite`` measured last; files it has not seen (new, or skipped in
+    that run) go first, as if long, so none of them can start last."""
     import json
 
     path = os.path.join(REPO, "benchmarks", "results", "test_suite.json")
     seconds = json.load(open(path))["per_file_seconds"] if os.path.exists(path) else {}
-    items.sort(key=lambda item: -seconds.get(os.path.relpath(str(item.path), REPO).replace(os.sep, "/"), 0.0))  # stable
+    items.sort(key=lambda item: -seconds.get(os.path.relpath(str(item.path), REPO).replace(os.sep, "/"), float("inf")))  # stable
 
 
 @pytest.fixture(autouse=True)
