@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -118,12 +119,16 @@ def test_patch_artifact_is_small_and_reloads_the_same_model(serial_run, pretrain
     assert model.recommend([seq], top_k=5) == served.recommend([seq], top_k=5)
 
 
-def test_patch_for_another_backbone_is_refused(serial_run, small_world, tmp_path):
+def test_patch_for_another_backbone_is_refused(serial_run, pretrained, tmp_path):
     cfg, metrics = serial_run
-    other = pretraining.run(pretraining.PretrainConfig(data=str(small_world / "source.inter"), tfrecord_dir=str(tmp_path / "tfr"),
-                                                       model_dir=str(tmp_path / "other"), **dict(TINY_PRE, epochs=1)))
+    other = str(tmp_path / "other")  # the same export with one backbone weight moved: same architecture, other weights
+    shutil.copytree(export.latest_export(pretrained[0]), other)
+    backbone = export.load_export(other).backbone
+    backbone.weights[0].assign_add(tf.ones_like(backbone.weights[0]) * 1e-3)
+    backbone.save_weights(os.path.join(other, export.BACKBONE_WEIGHTS))
     with pytest.raises(ExportError, match="another backbone"):
-        patches.load_patch(other["export_dir"], metrics["patch_dir"])
+        patches.load_patch(other, metrics["patch_dir"])
+    patches.load_patch(pretrained[0], metrics["patch_dir"])  # its own backbone still loads it
 
 
 @pytest.mark.parametrize("mode", ["fineall", "finelast", "finecls", "scratch"])
