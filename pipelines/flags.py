@@ -95,6 +95,15 @@ def run(main):
     interrupted training job exits with its ``exit_code`` (128 + signal).
     """
 
+    def _ensure_default_files():
+        """Every flag naming a file of the embedded default dataset (Data/synthetic, not tracked in git) finds it."""
+        from peterrec.data import synthetic
+
+        for name in FLAGS:
+            value = FLAGS[name].value
+            for path in value.split(",") if isinstance(value, str) else ():
+                synthetic.ensure_default(path)
+
     def guarded(argv):
         from absl import logging
 
@@ -102,6 +111,7 @@ def run(main):
             logging.set_verbosity(logging.INFO)
             logging.get_absl_handler().addFilter(_own_info_only)
         try:
+            _ensure_default_files()
             return main(argv)
         except PeterRecError as err:
             print(f"error: {err}", file=sys.stderr)

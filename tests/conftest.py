@@ -19,6 +19,13 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
+def pytest_sessionstart(session):
+    """The embedded default dataset (Data/synthetic, generated, not tracked) exists before any worker starts."""
+    from peterrec.data import synthetic
+
+    synthetic.ensure_default(os.path.join(REPO, synthetic.DEFAULT_DIR, synthetic.SOURCE_FILE))
+
+
 def pytest_collection_modifyitems(items):
     """Longest files first. pytest-xdist (``--dist loadfile --no-loadscope-reorder``, pytest.ini) hands each worker the
     next file in collection order when it runs low, so no long file starts last while the other worker idles. The

@@ -53,6 +53,7 @@ from peterrec.data.filters import (
 from peterrec.data.formats.inter import read_user_targets
 from peterrec.data.partition import Partition, iter_partition, partition_sequences, write_partition
 from peterrec.data.readers import FORMATS, detect_format, read_sequences
+from peterrec.data.synthetic import ensure_default
 from peterrec.data.tfrecord import _sibling_path, check_output_dir, file_sha256, load_metadata
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError, VocabularyError
@@ -306,6 +307,7 @@ def resolve_data(data: str, fmt: str, tfrecord_root: str, **convert_kwargs) -> s
         _check_set_vocab(data, metadata, "vocab_hash", convert_kwargs.get("vocab"))
         _check_set_vocab(data, metadata, "target_vocab_hash", convert_kwargs.get("target_vocab"))
         return data
+    ensure_default(data)
     if fmt != "tfds" and not os.path.isfile(data):
         raise DataError(f"{data}: no such file or TFRecord set directory")
     options = _cache_options(data, fmt, convert_kwargs)

@@ -42,6 +42,7 @@ from peterrec.data.formats.inter import inter_fields, parse_inter_header
 from peterrec.data.formats.lines import iter_lines, parse_number
 from peterrec.data.item_atomic import RawItemFeatures
 from peterrec.data.item_sources import read_item_sources, split_paths
+from peterrec.data.synthetic import ensure_default
 from peterrec.data.vocab import Vocabulary
 from peterrec.errors import ConfigError, DataError, VocabularyError
 
@@ -277,7 +278,7 @@ def cache_key(paths, fields, fmt, vocab: Vocabulary, max_bad_share=0.05):
 def for_set(set_dir, vocab: Vocabulary, paths, fields=None, *, fmt="auto", max_bad_share=0.05, flag="item_fields"):
     """The item features of a TFRecord set, built once and cached in it as ``item_features-<key>.{json,npz}``."""
     for path in split_paths(paths):
-        if not os.path.isfile(path):
+        if not os.path.isfile(ensure_default(path)):
             raise DataError(f"{path}: no such side-information file (--item_data)")
     name = f"{FILE_NAME}-{cache_key(paths, fields, fmt, vocab, max_bad_share)}"
     cached = os.path.join(set_dir, f"{name}.json")
@@ -298,7 +299,7 @@ BEHAVIOUR_HINTS = ("behaviour", "behavior", "action", "behaviour_type", "behavio
 
 def inter_columns(path):
     """The column names of a RecBole ``.inter`` file's header (``[]`` when ``path`` is not such a file)."""
-    if not (os.path.isfile(path) and path.lower().endswith(".inter")):
+    if not (os.path.isfile(ensure_default(path)) and path.lower().endswith(".inter")):
         return []
     with open(path, encoding="utf-8", errors="replace") as stream:
         header = stream.readline().lstrip("\ufeff").rstrip("\n").rstrip("\r")

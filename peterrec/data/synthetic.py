@@ -1,6 +1,8 @@
 """The embedded default dataset: a seeded, licence-clean synthetic recommender world.
 
-``generate(output_dir)`` writes the three committed files under
+The files are not tracked in git: :func:`ensure_default` writes them (0.7 s, the same bytes every time,
+:data:`DEFAULT_SHA256`) the first time a job or test opens one of them under a ``Data/synthetic/``
+directory. ``generate(output_dir)`` writes the three interaction files under
 ``Data/synthetic/`` (RecBole atomic format, tab separated, typed header,
 ``\\n`` line endings, UTF-8, sorted by user then time):
 
@@ -26,8 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from pathlib import Path
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -41,6 +46,16 @@ FILES = (SOURCE_FILE, TARGET_FILE, PROFILE_FILE)
 ITEM_FILE = "source.item"
 BEHAVIOUR_FILE = "source_behaviour.inter"
 SIDE_FILES = (ITEM_FILE, BEHAVIOUR_FILE)
+
+DEFAULT_DIR = os.path.join("Data", "synthetic")
+# What generate(seed=DEFAULT_SEED) writes (tests/data/test_synthetic.py checks it).
+DEFAULT_SHA256 = {
+    SOURCE_FILE: "a2bccdf45233021bd44b31d73ff16772e09a4f1a91d7ce345466ad83be6657d5",
+    TARGET_FILE: "3ab525bdd56cbb0706409a8df3cf091be86b2f742016998c0be1aa1da5861ae6",
+    PROFILE_FILE: "d050fa28e7a59614983983dfbfaf26be7876c3549a9ab5eefe6e111ef79d838e",
+    ITEM_FILE: "c23547999292b82c67198ea559106814a31254e2e9eb714fb15a45caecbb8d03",
+    BEHAVIOUR_FILE: "4b506d50deacde33c17fe40ba21b874f1766b34b59f5e02febb1edcb1be31e74",
+}
 
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 PROFILE_HEADER = "user_id:token\tlabel:token"
@@ -244,3 +259,31 @@ def generate(output_dir, seed: int = DEFAULT_SEED, **knobs) -> dict:
     result["side"] = side_stats(side)
     result["output_dir"] = os.fspath(output_dir)
     return result
+
+
+def is_default_file(path) -> bool:
+    """Whether ``path`` names a file of the default dataset: ``<anywhere>/Data/synthetic/<one of its files>``."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return name in DEFAULT_SHA256 and parent.endswith(os.sep + DEFAULT_DIR)
+
+
+def ensure_default(path):
+    """Write the default dataset into ``path``'s directory when ``path`` is one of its files and missing.
+
+    Every other path, and an existing file, is left alone (a missing one is then reported by its reader). The files
+    are generated in a temporary sibling directory and renamed into place one by one; concurrent callers write the
+    same bytes, so the last rename wins harmlessly. Returns ``path``.
+    """
+    if os.path.exists(path) or not is_default_file(path):
+        return path
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(directory, exist_ok=True)
+    logging.getLogger(__name__).info("%s: writing the embedded synthetic default dataset (seed %d) into %s", path, DEFAULT_SEED, directory)
+    tmp = tempfile.mkdtemp(dir=directory, prefix=".tmp-")
+    try:
+        generate(tmp)
+        for name in DEFAULT_SHA256:
+            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

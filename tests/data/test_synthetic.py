@@ -5,6 +5,7 @@ the documented structure and carry learnable signal (order, genres, classes).
 """
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +74,22 @@ def source_seqs(files):
 def test_regeneration_is_byte_identical(tmp_path):
     stats = synthetic.generate(tmp_path)
     for name in synthetic.FILES:
-        assert _sha256(tmp_path / name) == _sha256(DATA / name), name
+        assert _sha256(tmp_path / name) == _sha256(DATA / name) == synthetic.DEFAULT_SHA256[name], name
         assert stats["files"][name]["sha256"] == _sha256(DATA / name)
+
+
+def test_the_default_files_are_written_on_first_use_with_the_recorded_bytes(tmp_path):
+    default_dir = tmp_path / "Data" / "synthetic"
+    path = default_dir / synthetic.TARGET_FILE
+    assert synthetic.ensure_default(str(path)) == str(path)
+    assert {name: _sha256(default_dir / name) for name in synthetic.DEFAULT_SHA256} == synthetic.DEFAULT_SHA256
+    assert sorted(os.listdir(default_dir)) == sorted(synthetic.DEFAULT_SHA256)  # no temporary directory left
+    (default_dir / synthetic.PROFILE_FILE).write_text("kept")  # an existing file is never rewritten
+    synthetic.ensure_default(str(default_dir / synthetic.PROFILE_FILE))
+    assert (default_dir / synthetic.PROFILE_FILE).read_text() == "kept"
+    other = tmp_path / "elsewhere" / synthetic.SOURCE_FILE  # not under Data/synthetic: left missing for its reader
+    synthetic.ensure_default(str(other))
+    assert not other.parent.exists()
 
 
 def test_script_regenerates(tmp_path):

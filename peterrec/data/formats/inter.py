@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from peterrec.data.formats.lines import BOM, check_token, iter_lines, parse_number
+from peterrec.data.synthetic import ensure_default
 from peterrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def read_user_targets(path: str) -> dict[str, list[str]]:
     Raises:
         DataError: missing file, no usable columns, malformed lines (file:line).
     """
-    if not os.path.isfile(path):
+    if not os.path.isfile(ensure_default(path)):
         raise DataError(f"{path}: no such file")
     lines = iter_lines(path)
     first = next(lines, None)
