@@ -1,15 +1,21 @@
-"""Benchmark: CASR augmentation (heuristic, learning, ad) vs the anchor alone on ml-100k.
+"""Benchmark: CASR augmentation (heuristic, learning, ad) vs the anchor alone, paired over seeds.
 
-    python benchmarks/casr.py [--data ../shared/data/ml-100k/ml-100k.inter] [--epochs 10]
-                              [--pairs narm:stamp,sasrec:narm] [--work_dir /tmp/bench-casr]
+    python benchmarks/casr.py [--data ../shared/data/ml-100k/ml-100k.inter] [--seeds 1,2,3,4,5]
+                              [--pairs narm:stamp] [--methods heuristic,learning,ad] [--work_dir /tmp/bench-casr]
+                              [--data_name default] (the embedded default data: --data Data/synthetic/source.inter)
 
-For each sampler:anchor pair: trains the sampler once (``pipelines.train``'s
-library call), the anchor alone, then ``pipelines.casr`` with each method on the
-same sampler export (``--sampler_dir``), all with the same seed, epochs and
-data (leave-one-out, 50 items of context, full ranking). Writes
-benchmarks/results/casr.{md,json,png}: test HR/NDCG/MRR@10, generated samples,
-flip rate and wall times. Finished jobs in --work_dir are reused. Skips (exit 0)
-when the data file is absent.
+For each seed and sampler:anchor pair: trains the sampler (``pipelines.train``'s
+library call), the anchor alone, then ``pipelines.casr`` with each method on
+that seed's sampler export (``--sampler_dir``), every job with the same seed,
+data (leave-one-out) and budget: at most ``--epochs`` epochs with early
+stopping on validation MRR@10 (``--patience``), so with and without
+augmentation the anchor trains to convergence. Every selected model is also
+evaluated with the sampled protocol (1 target + 99 uniform negatives) next to
+full ranking. Writes benchmarks/results/<name>.{md,json,png}: per-seed test
+metrics, mean ± sd over seeds, and the paired difference (augmented − alone,
+per seed) with its standard error and a verdict (helps / hurts when the
+difference is more than 2 standard errors from 0, else no effect). Finished
+jobs in --work_dir are reused. Skips (exit 0) when the data file is absent.
 """
 
 import argparse
@@ -20,9 +26,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import RESULTS, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k", "ml-100k.inter")
 METHODS = ("heuristic", "learning", "ad")
+METRICS = ("hr@10", "ndcg@10", "mrr@10")
 
 
 def _metrics(model_dir, job):
@@ -37,47 +44,68 @@ def _metrics(model_dir, job):
         return json.load(f)
 
 
+def _sampled(model_dir, data, tfrecord_dir):
+    """Test metrics of the job's export under the sampled protocol (1 + 99), cached in <model_dir>/eval/sampled.json."""
+    from peterrec import evaluation
+
+    out = os.path.join(model_dir, "eval", "sampled.json")
+    if not os.path.exists(out):
+        evaluation.evaluate_export(os.path.join(model_dir, "export"), data=data, split="test", protocol="sampled",
+                                   tfrecord_dir=tfrecord_dir, output=out)
+    with open(out) as f:
+        return json.load(f)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--data_name", default=None, help="name of the data in the table (default: the file name)")
     parser.add_argument("--work_dir", default="/tmp/bench-casr")
-    parser.add_argument("--pairs", default="narm:stamp,sasrec:narm")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--max_len", type=int, default=20, help="RecBole-DA's CASR setting (MAX_ITEM_LIST_LENGTH 20)")
+    parser.add_argument("--pairs", default="narm:stamp")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--epochs", type=int, default=30, help="the seed's example command (--epochs 30)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=0.01, help="the seed's example command (--learning_rate 0.01)")
+    parser.add_argument("--max_len", type=int, default=50)
     parser.add_argument("--stride", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--sample", type=float, default=0.2)
-    parser.add_argument("--beta", type=float, default=1.0)
-    parser.add_argument("--index", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sample", type=float, default=None, help="default: pipelines.casr's")
+    parser.add_argument("--beta", type=float, default=None, help="default: pipelines.casr's")
+    parser.add_argument("--index", type=int, default=None, help="default: pipelines.casr's")
     parser.add_argument("--name", default="casr")
     args = parser.parse_args()
-    if not os.path.exists(args.data):
+    if not os.path.exists(args.data) and not args.data.startswith(os.path.join("Data", "synthetic")):
         print(f"skipped: {args.data} is absent")
         return 0
-    sys.path.insert(0, ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from peterrec import pretraining
     from peterrec.recipes import casr as casr_recipe
 
-    common = dict(data=args.data, tfrecord_dir=os.path.join(args.work_dir, "tfrecords"), epochs=args.epochs, batch_size=args.batch_size,
-                  seed=args.seed, verbose=2, patience=args.patience, num_shards=4, max_len=args.max_len, stride=args.stride)
+    knobs = {k: getattr(args, k) for k in ("sample", "beta", "index") if getattr(args, k) is not None}
+    defaults = casr_recipe.CASRConfig()
+    args.resolved = {k: knobs.get(k, getattr(defaults, k)) for k in ("sample", "beta", "index")}
+    tfrecord_dir = os.path.join(args.work_dir, "tfrecords")
     rows = []
-    for pair in args.pairs.split(","):
-        sampler, anchor = pair.split(":")
-        sampler_dir = os.path.join(args.work_dir, f"sampler-{sampler}")
-        sampler_metrics = _metrics(sampler_dir, lambda: pretraining.run(
-            pretraining.PretrainConfig(backbone=sampler, model_dir=sampler_dir, **common)))
-        anchor_dir = os.path.join(args.work_dir, f"anchor-{anchor}")
-        alone = _metrics(anchor_dir, lambda: pretraining.run(pretraining.PretrainConfig(backbone=anchor, model_dir=anchor_dir, **common)))
-        rows.append({"sampler": sampler, "anchor": anchor, "method": "anchor alone", "metrics": alone, "sampler_test": sampler_metrics["test"]})
-        for method in METHODS:
-            job_dir = os.path.join(args.work_dir, f"casr-{sampler}-{anchor}-{method}")
-            cfg = casr_recipe.CASRConfig(model_dir=job_dir, sampler_dir=os.path.join(sampler_dir, "export"), anchor_model=anchor, learning=method,
-                                  sample=args.sample, beta=args.beta, index=args.index, **common)
-            rows.append({"sampler": sampler, "anchor": anchor, "method": method, "metrics": _metrics(job_dir, lambda: casr_recipe.run(cfg)),
-                         "sampler_test": sampler_metrics["test"]})
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        common = dict(data=args.data, tfrecord_dir=tfrecord_dir, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      seed=seed, verbose=2, patience=args.patience, num_shards=4, max_len=args.max_len, stride=args.stride)
+        for pair in args.pairs.split(","):
+            sampler, anchor = pair.split(":")
+            sampler_dir = os.path.join(args.work_dir, f"seed{seed}", f"sampler-{sampler}")
+            sampler_metrics = _metrics(sampler_dir, lambda: pretraining.run(
+                pretraining.PretrainConfig(backbone=sampler, model_dir=sampler_dir, **common)))
+            anchor_dir = os.path.join(args.work_dir, f"seed{seed}", f"anchor-{anchor}")
+            jobs = [("anchor alone", anchor_dir, lambda: pretraining.run(pretraining.PretrainConfig(backbone=anchor, model_dir=anchor_dir, **common)))]
+            for method in args.methods.split(","):
+                job_dir = os.path.join(args.work_dir, f"seed{seed}", f"casr-{sampler}-{anchor}-{method}")
+                cfg = casr_recipe.CASRConfig(model_dir=job_dir, sampler_dir=os.path.join(sampler_dir, "export"), anchor_model=anchor,
+                                             learning=method, **knobs, **common)
+                jobs.append((method, job_dir, lambda cfg=cfg: casr_recipe.run(cfg)))
+            for method, job_dir, job in jobs:
+                metrics = _metrics(job_dir, job)
+                rows.append({"seed": seed, "sampler": sampler, "anchor": anchor, "method": method, "metrics": metrics,
+                             "sampled_test": _sampled(job_dir, args.data, tfrecord_dir), "sampler_test": sampler_metrics["test"]})
     write_results(args, rows)
     return 0
 
@@ -88,15 +116,16 @@ def _row(entry):
     ad = (casr_info or {}).get("ad") or {}
     flip = generation.get("flip_rate") if generation.get("flip_rate") is not None else ad.get("flip_rate")
     return {
+        "seed": entry["seed"],
         "sampler": entry["sampler"],
         "anchor": entry["anchor"],
         "method": entry["method"],
-        "test_hr@10": m["test"]["hr@10"],
-        "test_ndcg@10": m["test"]["ndcg@10"],
-        "test_mrr@10": m["test"]["mrr@10"],
+        **{f"test_{k}": m["test"][k] for k in METRICS},
+        **{f"sampled_{k}": entry["sampled_test"].get(k) for k in METRICS},
         "valid_mrr@10": m["valid"]["mrr@10"],
         "selected_epoch": m["selected_epoch"],
         "epochs_run": m["epochs_run"],
+        "popularity_test_hr@10": m["popularity"]["test"]["hr@10"],
         "popularity_test_mrr@10": m["popularity"]["test"]["mrr@10"],
         "generated": generation.get("generated"),
         "generated_share": generation.get("generated_share"),
@@ -104,6 +133,7 @@ def _row(entry):
         "generation_seconds": generation.get("seconds"),
         "train_wall_seconds": m["train_wall_seconds"],
         "job_wall_seconds": m.get("bench_wall_seconds"),
+        "sampler_test_hr@10": entry["sampler_test"]["hr@10"],
         "sampler_test_mrr@10": entry["sampler_test"]["mrr@10"],
     }
 
@@ -111,40 +141,65 @@ def _row(entry):
 def write_results(args, entries):
     rows = [_row(e) for e in entries]
     os.makedirs(RESULTS, exist_ok=True)
-    payload = {"settings": vars(args), "cpu_count": os.cpu_count(), "rows": rows}
+    payload = {"settings": {k: v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(), "rows": rows}
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump(payload, f, indent=2)
-    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    data_name = args.data_name or os.path.basename(args.data)
+    seeds = sorted({r["seed"] for r in rows})
+    knobs = args.resolved
     lines = [
-        f"# {args.name}: CASR on {os.path.basename(args.data)}",
+        f"# {args.name}: CASR on {data_name}, {len(seeds)} seeds, paired",
         "",
-        f"`python benchmarks/casr.py --epochs {args.epochs} --pairs {args.pairs} --sample {args.sample} --beta {args.beta} "
-        f"--index {args.index} --max_len {args.max_len}` on {os.cpu_count()} CPU cores: every job at most {args.epochs} epochs "
-        f"(early stopping after {args.patience} without a better validation MRR@10), batch {args.batch_size}, seed {args.seed}, "
-        f"leave-one-out, {args.max_len} items of context, full ranking over all items; the other CASR knobs at their defaults "
-        "(`--iter 1 --kappa 0 --tao 0.1`, intervention 2nd-most-recent item). Δ = relative change of test MRR@10 vs the anchor alone.",
+        f"`python benchmarks/casr.py --data {args.data} --seeds {args.seeds} --pairs {args.pairs} --methods {args.methods}` on "
+        f"{os.cpu_count()} CPU cores. Every job: at most {args.epochs} epochs with early stopping after {args.patience} epochs without a better "
+        f"validation MRR@10 (the selected epoch is exported), Adam {args.learning_rate:g}, batch {args.batch_size} windows of {args.max_len} items "
+        f"every {args.stride}, leave-one-out; CASR at `--sample {knobs['sample']:g} --beta {knobs['beta']:g} --index {knobs['index']}` and its other "
+        "defaults. Per seed: one sampler, the anchor alone and each method on that sampler (same seed, same data order for the observed part). "
+        "Full = rank among all items; sampled = among the target + 99 uniform negatives (the 1 + 99 protocol; the CASR paper's own protocol "
+        "could not be verified, other_models.md §3). Paired Δ = mean over seeds of (method − anchor alone) ± its standard error.",
         "",
-        "| sampler → anchor | method | test HR@10 | test NDCG@10 | test MRR@10 | Δ MRR@10 | valid MRR@10 | epoch (selected) | generated (share of prefixes) | flip rate | generation s | anchor train s | job wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sampler → anchor | method | full HR@10 | full NDCG@10 | full MRR@10 | sampled HR@10 | sampled NDCG@10 | paired Δ full NDCG@10 | "
+        "paired Δ sampled NDCG@10 | verdict (full NDCG@10) | epochs (selected) | generated / prefixes | flip rate | job s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {}
+    verdicts = []
+    for pair in dict.fromkeys((r["sampler"], r["anchor"]) for r in rows):
+        group = [r for r in rows if (r["sampler"], r["anchor"]) == pair]
+        alone = {r["seed"]: r for r in group if r["method"] == "anchor alone"}
+        for method in dict.fromkeys(r["method"] for r in group):
+            mine = {r["seed"]: r for r in group if r["method"] == method}
+            col = lambda key: [mine[s][key] for s in sorted(mine)]  # noqa: E731
+            cells = []
+            for key in ("test_ndcg@10", "sampled_ndcg@10"):
+                d, se, n = paired({s: r[key] for s, r in mine.items()}, {s: r[key] for s, r in alone.items()})
+                cells.append("—" if method == "anchor alone" or d is None else f"{d:+.4f} ± {se:.4f}")
+            d, se, _ = paired({s: r["test_ndcg@10"] for s, r in mine.items()}, {s: r["test_ndcg@10"] for s, r in alone.items()})
+            base = mean_sd([r["test_ndcg@10"] for r in alone.values()])[0]
+            word = "—" if method == "anchor alone" else verdict(d, se, base)
+            if method != "anchor alone":
+                verdicts.append((pair, method, word, d, se))
+            epochs = mean_sd(col("epochs_run"))[0], mean_sd(col("selected_epoch"))[0]
+            gen = mean_sd(col("generated_share"))[0] if all(v is not None for v in col("generated_share")) else None
+            flip = mean_sd(col("flip_rate"))[0] if all(v is not None for v in col("flip_rate")) else None
+            lines.append(
+                f"| {pair[0]} → {pair[1]} | {method} | {fmt(col('test_hr@10'))} | {fmt(col('test_ndcg@10'))} | {fmt(col('test_mrr@10'))} | "
+                f"{fmt(col('sampled_hr@10'))} | {fmt(col('sampled_ndcg@10'))} | {cells[0]} | {cells[1]} | {word} | "
+                f"{epochs[0]:.1f} ({epochs[1]:.1f}) | {'—' if gen is None else f'{gen:.1%}'} | {'—' if flip is None else f'{flip:.3f}'} | "
+                f"{mean_sd(col('job_wall_seconds'))[0]:.0f} |"
+            )
+    samplers = {}
     for r in rows:
-        key = (r["sampler"], r["anchor"])
-        if r["method"] == "anchor alone":
-            base[key] = r["test_mrr@10"]
-        delta = (r["test_mrr@10"] / base[key] - 1) if r["method"] != "anchor alone" and base.get(key) else None
-        generated = "—" if r["generated"] is None else f"{r['generated']:,} ({r['generated_share']:.1%})"
-        lines.append(
-            f"| {r['sampler']} → {r['anchor']} | {r['method']} | {r['test_hr@10']:.4f} | {r['test_ndcg@10']:.4f} | {r['test_mrr@10']:.4f} | "
-            f"{fmt(delta, '+.1%')} | {r['valid_mrr@10']:.4f} | {r['epochs_run']} ({r['selected_epoch']}) | {generated} | {fmt(r['flip_rate'], '.3f')} | {fmt(r['generation_seconds'], '.0f')} | "
-            f"{r['train_wall_seconds']:.0f} | {fmt(r['job_wall_seconds'], '.0f')} |"
-        )
-    samplers = sorted({(r["sampler"], r["sampler_test_mrr@10"]) for r in rows})
-    lines += ["", "Samplers (trained as `pipelines.train`, same settings): " + ", ".join(f"{s} test MRR@10 {v:.4f}" for s, v in samplers)
-              + f"; popularity test MRR@10 {rows[0]['popularity_test_mrr@10']:.4f}. One seed per row and the seed-to-seed spread was "
-              "not measured, so differences of a few thousandths of MRR@10 are not established; the generated-samples count of `ad` is the prefixes "
-              "it intervenes on in every step, its flip rate the in-step one."]
+        samplers.setdefault(r["sampler"], []).append(r["sampler_test_hr@10"])
+    lines += ["", "Samplers (full test HR@10, mean ± sd over seeds): " + ", ".join(f"{k} {fmt(v)}" for k, v in samplers.items())
+              + f"; popularity full test HR@10 {rows[0]['popularity_test_hr@10']:.4f} (the same rows).", "",
+              "Per seed (full test NDCG@10):", "", "| sampler → anchor | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|---|" + "---|" * len(seeds)]
+    for pair in dict.fromkeys((r["sampler"], r["anchor"]) for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows if (r["sampler"], r["anchor"]) == pair):
+            by_seed = {r["seed"]: r["test_ndcg@10"] for r in rows if (r["sampler"], r["anchor"]) == pair and r["method"] == method}
+            lines.append(f"| {pair[0]} → {pair[1]} | {method} | " + " | ".join(f"{by_seed[s]:.4f}" if s in by_seed else "—" for s in seeds) + " |")
     write_markdown(lines, args.name)
+    args.verdicts = verdicts
     _plot(rows, os.path.join(RESULTS, f"{args.name}.png"))
 
 
@@ -159,10 +214,10 @@ def _plot(rows, path):
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        values = [next((r["test_mrr@10"] for r in rows if f"{r['sampler']}→{r['anchor']}" == p and r["method"] == method), 0) for p in pairs]
-        ax.bar([j + i * width for j in range(len(pairs))], values, width, label=method)
+        stats = [mean_sd([r["test_ndcg@10"] for r in rows if f"{r['sampler']}→{r['anchor']}" == p and r["method"] == method]) for p in pairs]
+        ax.bar([j + i * width for j in range(len(pairs))], [m or 0 for m, _ in stats], width, yerr=[sd or 0 for _, sd in stats], label=method)
     ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(pairs))], pairs)
-    ax.set(ylabel="test MRR@10", title="CASR on ml-100k: anchor alone vs augmented")
+    ax.set(ylabel="full test NDCG@10 (mean ± sd over seeds)", title="CASR: anchor alone vs augmented")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

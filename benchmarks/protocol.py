@@ -59,6 +59,28 @@ def fmt(values, digits=4):
     return "—" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def paired(treated, control):
+    """Paired difference of two ``{seed: value}`` maps over their common seeds: ``(mean, standard error, n)``."""
+    diffs = [treated[s] - control[s] for s in treated if s in control and treated[s] is not None and control[s] is not None]
+    if not diffs:
+        return None, None, 0
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return statistics.fmean(diffs), se, len(diffs)
+
+
+def verdict(mean, se, control_mean=None):
+    """"helps" / "hurts" when the paired mean is more than 2 standard errors from 0, else "no effect"; with the
+    relative size when ``control_mean`` is given."""
+    if mean is None or se is None or se != se:
+        return "—"
+    size = f" ({mean / control_mean:+.0%})" if control_mean else ""
+    if mean - 2 * se > 0:
+        return f"helps{size}, > 2 SE"
+    if mean + 2 * se < 0:
+        return f"hurts{size}, > 2 SE"
+    return f"no effect (|Δ| < 2 SE{', ' + size.strip(' ()') if size else ''})"
+
+
 def write_markdown(lines, name, *, echo=False):
     """Write ``lines`` to ``benchmarks/results/<name>.md`` (and print them with ``echo``); returns the path."""
     path = os.path.join(RESULTS, f"{name}.md")

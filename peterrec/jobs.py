@@ -21,7 +21,7 @@ ADDED_FIELDS = {"mixed_precision": False, "shuffle": "epoch"}
 # (the data's identity is compared through the content-hashed TFRecord set name and the vocabulary hash,
 # not through the path it was given by)
 RESUMABLE_FIELDS = {
-    "epochs", "patience", "verbose", "checkpoint_every_steps", "strategy", "tpu", "tf_config", "eval_batch_size",
+    "epochs", "patience", "verbose", "checkpoint_every_steps", "steps_per_execution", "strategy", "tpu", "tf_config", "eval_batch_size",
     "top_k", "data", "tfrecord_dir", "model_dir", "pretrained",
     "deterministic", "divergence_factor", "max_skipped_share",
 }
@@ -40,6 +40,7 @@ class JobConfig:
     jit_compile: bool = False
     mixed_precision: bool = False  # Keras mixed policy: float16 + loss scaling on GPU, bfloat16 on CPU/TPU
     checkpoint_every_steps: int = 500
+    steps_per_execution: int = 1  # training steps per call of the compiled step (fewer Python round trips for small steps)
     strategy: str = "auto"
     tpu: str | None = None
     tf_config: str | None = None
@@ -52,6 +53,7 @@ class JobConfig:
     def validate_common(self):
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.steps_per_execution >= 1, "steps_per_execution", f"must be >= 1, got {self.steps_per_execution}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(self.divergence_factor >= 0, "divergence_factor", f"must be >= 0 (0 = off), got {self.divergence_factor}")
         check(0.0 <= self.max_skipped_share <= 1.0, "max_skipped_share", f"must be in [0, 1], got {self.max_skipped_share}")

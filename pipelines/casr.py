@@ -32,7 +32,7 @@ flags.DEFINE_string("sampler_dir", None, "Existing sampler export (its vocabular
 flags.DEFINE_integer("sampler_epochs", None, "Epochs of the sampler (default --epochs).")
 flags.DEFINE_integer("index", 2, "Intervention position, 1-based, counted as --position says (from_end: 1 = the most recent item).")
 flags.DEFINE_string("position", "from_end", "from_end, from_start or random (uniform over the prefix; ignores --index).")
-flags.DEFINE_float("sample", 1.0, "Share of training prefixes selected for generation, in [0, 1].")
+flags.DEFINE_float("sample", 0.1, "Share of training prefixes selected for generation, in [0, 1] (the seed's example: 1).")
 flags.DEFINE_integer("n_per_seq", 1, "Counterfactual candidates per selected prefix.")
 flags.DEFINE_string("replacement", "uniform", "heuristic: uniform or popularity (training counts).")
 flags.DEFINE_float("kappa", 0.0, "Confidence margin of the boundary search's hinge (and threshold of --filter confidence).")

@@ -145,6 +145,8 @@ def define_train_flags():
         "Keras mixed precision: float16 compute with loss scaling on GPUs, bfloat16 on CPUs and TPUs; variables stay float32.",
     )
     flags.DEFINE_integer("checkpoint_every_steps", 500, "Save a resumable checkpoint every N steps (0: epoch ends only).", lower_bound=0)
+    flags.DEFINE_integer("steps_per_execution", None, "Training steps per call of the compiled step (default 1; ATRank 16): "
+                         "one Python round trip per call, for models whose steps are small.", lower_bound=1)
     flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism: a rerun, or a run resumed after a kill, "
                       "gives bit-identical weights (slower on GPU).")
     flags.DEFINE_float("divergence_factor", 5.0, "Stop when the smoothed training loss exceeds this multiple of its lowest "

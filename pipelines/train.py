@@ -57,6 +57,8 @@ flags.DEFINE_string("behaviour_field", None, "atrank: multi-behaviour ATRank: th
 flags.DEFINE_integer("behaviour_dim", None, "atrank --behaviour_field: width of the behaviour-type embedding (16).", lower_bound=1)
 flags.DEFINE_string("candidate_behaviour", None, "atrank --behaviour_field: the behaviour type whose projection embeds the "
                     "candidates (and the history at serving time); default: the most frequent type.")
+flags.DEFINE_integer("length_bucket", None, "atrank: batch histories of similar length, in bands of this many items (8); "
+                     "0 = random batches, the original's.", lower_bound=0)
 flags.DEFINE_enum("candidate_projection", None, ["type", "none"], "atrank --behaviour_field: type (the original multi-behaviour "
                   "model: the candidate through its type's projection) or none (the candidate embedding as single-behaviour ATRank).")
 FLAGS = flags.FLAGS

@@ -223,6 +223,30 @@ def test_heuristic_generation_is_reproducible_with_a_seed(world, tmp_path):
     assert a != c
 
 
+def test_generated_batches_group_prefixes_of_similar_length_with_one_weighted_label(world, tmp_path):
+    intervention = counterfactual.Intervention(method="heuristic", index=1)
+    stats = _generate(world, tmp_path / "gen", intervention, sample=1.0)
+    records = {}
+    for r in generate.read_records(str(tmp_path / "gen")):
+        key = tuple(r["items"].numpy()[-MAX_LEN:])
+        records.setdefault(key, set()).add(int(r["targets"][0]))
+    batches = list(generate.generated_batches(str(tmp_path / "gen"), max_len=MAX_LEN, beta=0.5, method="heuristic", batch_size=8,
+                                               steps=20, seed=1))
+    assert len(batches) == 20
+    bands = set()
+    for batch in batches:
+        weights, labels, ids = batch["sample_weight"].numpy(), batch["labels"].numpy(), batch[ITEM_IDS].numpy()
+        lengths = (ids != 0).sum(axis=1)
+        width = ids.shape[1]
+        low = {8: 1, MAX_LEN: 9}[width]  # bands of 8 items: 1..8 padded to 8, 9..10 padded to max_len
+        assert np.all((lengths >= low) & (lengths <= width))
+        bands.add(width)
+        assert np.array_equal(weights, 0.5 * np.eye(width)[lengths - 1])  # beta at the last real item only
+        for b, n in enumerate(lengths):
+            assert labels[b, n - 1] in records[tuple(ids[b, :n])]  # a stored sample with its sampler label
+    assert bands == {8, MAX_LEN} and stats["generated"] > 100
+
+
 def test_learning_keeps_only_flips(world, tmp_path):
     stats = _generate(world, tmp_path / "gen", counterfactual.Intervention(method="learning", index=1, iters=2, filter="flip"))
     rows = _read_tsv(str(tmp_path / "gen") + ".tsv")

@@ -306,3 +306,21 @@ def test_dropout_masks_resume_where_they_stopped(tmp_path):
     tf.train.CheckpointManager(whole._checkpoint_without_seeds, str(tmp_path / "older" / "ckpt"), max_to_keep=1).save()
     older = trainer("older")
     assert older.restore() and older.global_step.numpy() == 20  # a checkpoint from before seed states were saved still restores
+
+
+def test_several_steps_per_call_train_the_same_steps_and_name_the_nan_step(tmp_path):
+    def run(name, per_call, nan_from=10**9):
+        keras.utils.set_random_seed(3)
+        config = TrainConfig(epochs=2, checkpoint_every_steps=4, verbose=0, steps_per_execution=per_call)
+        trainer = Trainer(lambda: _ToyTask(dropout=0.5, nan_from=nan_from), _toy_inputs(10), str(tmp_path / name), config)
+        return trainer, trainer.fit()
+
+    one, one_result = run("one", 1)
+    three, three_result = run("three", 3)  # calls of 3, 1 (checkpoint at step 4), 3, 3 (step 10: epoch end), ...
+    assert three_result.global_step == one_result.global_step == 20
+    for a, b in zip(one.task.weights, three.task.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # the same updates, in the same order
+    assert [h["loss"] for h in three_result.history] == [h["loss"] for h in one_result.history]
+    assert sorted(os.listdir(tmp_path / "three" / "ckpt")) == sorted(os.listdir(tmp_path / "one" / "ckpt"))
+    _, nan = run("nan", 3, nan_from=4)
+    assert nan.stopped_on_nan and nan.failure.startswith("the loss became NaN/Inf at global step 5 ")

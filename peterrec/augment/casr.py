@@ -122,6 +122,7 @@ def stage_generate(cfg, sampler, set_dir, vocab, model_dir):
         "n_per_seq": cfg.n_per_seq,
         "seed": cfg.seed,
         "max_len": cfg.max_len,
+        "record_format": 2,  # 2: ad records start their targets with the sampler's top-1
     }
     if os.path.exists(stats_path):
         with open(stats_path) as f:
@@ -221,7 +222,8 @@ def write_ad_samples(cfg, task, sampler, gen_dir, vocab, path):
     for batch in ds.take(cfg.inspect_rows).batch(256):
         ids, lengths = batch["item_ids"], batch["lengths"]
         uniforms = seed.uniform((int(tf.shape(ids)[0]), intervention.uniforms))
-        new_ids, labels, flipped = counterfactual.adversarial_samples(task.anchor, sampler, ids, lengths, batch[counterfactual.HELDOUT], uniforms, intervention)
+        new_ids, labels, flipped = counterfactual.adversarial_samples(
+            task.anchor, sampler, ids, lengths, batch[counterfactual.HELDOUT], uniforms, intervention, y0=batch[generate.SAMPLER_TOP1])
         ids, new_ids, lengths, users = ids.numpy(), new_ids.numpy(), lengths.numpy(), batch["user"].numpy()
         for b in range(len(lengths)):
             n = lengths[b]

@@ -251,7 +251,7 @@ def candidates(sampler, batch, intervention, popularity=None):
 
 
 # ------------------------------------------------------------------ model-oriented: in the anchor's training step
-def adversarial_samples(anchor, sampler, item_ids, lengths, heldout, uniforms, intervention):
+def adversarial_samples(anchor, sampler, item_ids, lengths, heldout, uniforms, intervention, y0=None):
     """Replacements that raise the current anchor's loss, labelled by the sampler (CASR's "AD").
 
     1. ``y0`` = the sampler's top-1 on the original prefix; ``e'`` starts at
@@ -264,6 +264,8 @@ def adversarial_samples(anchor, sampler, item_ids, lengths, heldout, uniforms, i
 
     Args:
         uniforms: float ``[B, intervention.uniforms]`` in [0, 1).
+        y0: the sampler's top-1 on the original prefixes ``[B]`` when known (stage 2 stores it;
+            the sampler is frozen), else computed here.
 
     Returns:
         ``(item_ids', labels [B], flipped [B])``; no gradient flows through them.
@@ -271,7 +273,9 @@ def adversarial_samples(anchor, sampler, item_ids, lengths, heldout, uniforms, i
     item_ids, lengths = tf.cast(item_ids, tf.int32), tf.cast(lengths, tf.int32)
     positions = intervention_positions(lengths, intervention, uniforms[:, 0])
     old = tf.gather(item_ids, positions, batch_dims=1)
-    _, y0, _ = sampler_labels(sampler, item_ids, lengths, heldout)
+    if y0 is None:
+        _, y0, _ = sampler_labels(sampler, item_ids, lengths, heldout)
+    y0 = tf.cast(y0, tf.int32)
     table = item_table(anchor)
     scale = rms_norm(table)
     e_orig = tf.gather(table, old)

@@ -32,6 +32,7 @@ batch size. The sampler is only read: its weights never change.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import time
 
@@ -39,10 +40,15 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from peterrec.augment.counterfactual import HELDOUT, MAX_HELDOUT, POSITIONS_KEY, candidates, intervention_positions, min_prefix_length
+from peterrec.augment.counterfactual import (
+    HELDOUT, MAX_HELDOUT, POSITIONS_KEY, candidates, intervention_positions, min_prefix_length, sampler_labels,
+)
 from peterrec.data import dataset, tfrecord
 from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, PAD_ID, ROLE_TRAIN, SAMPLE_WEIGHT
+
+SAMPLER_TOP1 = "sampler_top1"  # ad rows: the frozen sampler's top-1 on the original prefix (stage 2)
+LENGTH_BUCKET = 8  # generated rows are batched with prefixes of similar length (items per bucket)
 
 
 # ------------------------------------------------------------------ prefixes of a TFRecord set
@@ -70,6 +76,7 @@ def _user_prefixes(user_index, record, *, max_len, seed, sample, n_per_seq, inte
     rows_lengths = rep(lengths)
     return {
         "user": tf.fill([num * n_per_seq], record["user"]),
+        "user_index": tf.fill([num * n_per_seq], user_index),
         "prefix_end": rep(ends),
         "candidate": tf.tile(tf.range(n_per_seq), [num]),
         ITEM_IDS: rep(ids),
@@ -88,14 +95,26 @@ def read_records(set_dir):
     return tf.data.Dataset.from_tensor_slices(files).flat_map(tf.data.TFRecordDataset).map(tfrecord.parse_example)
 
 
-def training_prefixes(set_dir, *, max_len, seed, sample, n_per_seq, intervention, batch_size):
-    """Batches of the selected candidate rows of a set's training prefixes (see the module docstring)."""
+def training_prefixes(set_dir, *, max_len, seed, sample, n_per_seq, intervention, batch_size, by_length=False):
+    """Batches of the selected candidate rows of a set's training prefixes (see the module docstring).
+
+    ``by_length``: a batch holds prefixes of similar length (bands of :data:`LENGTH_BUCKET` items), its
+    ``item_ids`` cut to its band's upper bound, so the sampler runs over each prefix's own length, not ``max_len``.
+    """
     ds = read_records(set_dir).enumerate()
     build = lambda u, r: _user_prefixes(  # noqa: E731
         u, r, max_len=max_len, seed=seed, sample=sample, n_per_seq=n_per_seq, intervention=intervention
     )
     ds = ds.map(graph_fn(build)).unbatch().filter(graph_fn(lambda row: row["selected"]))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if not by_length:
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = dataset.by_length(lambda row: row[LENGTHS], max_len, LENGTH_BUCKET, drop_remainder=False)(ds, batch_size)
+
+    def cut(batch):
+        width = tf.minimum(-(-tf.reduce_max(batch[LENGTHS]) // LENGTH_BUCKET) * LENGTH_BUCKET, max_len)
+        return {**batch, ITEM_IDS: batch[ITEM_IDS][:, :width]}
+
+    return ds.map(graph_fn(cut)).prefetch(tf.data.AUTOTUNE)
 
 
 def count_prefixes(metadata, max_len, intervention):
@@ -138,8 +157,8 @@ def generate(
     ``heuristic`` / ``learning``: each kept candidate is a record with
     ``items`` = the counterfactual prefix and ``targets`` = ``[label]``;
     ``ad``: each selected candidate row is stored as is (``items`` = the
-    original prefix, ``targets`` = its held-out ids) for the anchor's
-    training step. Records have role ``ROLE_TRAIN``. The first
+    original prefix, ``targets`` = the sampler's top-1 on it, then its
+    held-out ids) for the anchor's training step. Records have role ``ROLE_TRAIN``. The first
     ``inspect_rows`` samples go to ``tsv_path`` (original next to generated).
     Both files are written atomically.
 
@@ -153,12 +172,16 @@ def generate(
     metadata = tfrecord.load_metadata(set_dir)
     prefixes, eligible = count_prefixes(metadata, max_len, intervention)
     batches = training_prefixes(
-        set_dir, max_len=max_len, seed=seed, sample=sample, n_per_seq=n_per_seq, intervention=intervention, batch_size=batch_size
+        set_dir, max_len=max_len, seed=seed, sample=sample, n_per_seq=n_per_seq, intervention=intervention, batch_size=batch_size,
+        by_length=True,
     )
     popularity = tf.constant(np.asarray(vocab.counts, np.float32))
-    step = None if intervention.method == "ad" else tf.function(lambda b: candidates(sampler, b, intervention, popularity), reduce_retracing=True, autograph=False)
+    if intervention.method == "ad":  # the in-step search needs the sampler's top-1 on the original prefix: computed once here
+        step = tf.function(lambda b: sampler_labels(sampler, b[ITEM_IDS], b[LENGTHS], b[HELDOUT])[1], reduce_retracing=True, autograph=False)
+    else:
+        step = tf.function(lambda b: candidates(sampler, b, intervention, popularity), reduce_retracing=True, autograph=False)
     stats = {"selected": 0, "generated": 0, "flipped": 0}
-    rows = []
+    rows = []  # heap of (-key, row): the inspect_rows samples that come first in (user, prefix end, candidate) order
     tokens = np.asarray(["[PAD]", "[OOV]", "[MASK]", "[SEP]", *vocab.tokens], dtype=object)
 
     def records():
@@ -167,24 +190,29 @@ def generate(
             ids, lengths, held = batch[ITEM_IDS].numpy(), batch[LENGTHS].numpy(), batch[HELDOUT].numpy()
             users = batch["user"].numpy()
             stats["selected"] += len(lengths)
-            if step is None:
+            if intervention.method == "ad":
+                top1 = step(batch).numpy()
                 for b in range(len(lengths)):
                     stats["generated"] += 1
-                    yield {"user": users[b].decode(), "items": ids[b, : lengths[b]], "role": ROLE_TRAIN, "targets": held[b][held[b] >= 0]}
+                    yield {"user": users[b].decode(), "items": ids[b, : lengths[b]], "role": ROLE_TRAIN,
+                           "targets": [top1[b], *held[b][held[b] >= 0]]}
                 continue
             out = {k: v.numpy() for k, v in step(batch).items()}
             stats["flipped"] += int(out["flipped"].sum())
             positions = batch[POSITIONS_KEY].numpy()
+            order = np.stack([batch["user_index"].numpy(), batch["prefix_end"].numpy(), batch["candidate"].numpy()], axis=1)
             for b in np.flatnonzero(out["keep"]):
                 stats["generated"] += 1
-                if len(rows) < inspect_rows:
+                key = tuple(int(v) for v in order[b])
+                if inspect_rows and (len(rows) < inspect_rows or key < tuple(-k for k in rows[0][0])):
                     n, k = lengths[b], positions[b]
-                    rows.append((
-                        users[b].decode(), int(batch["prefix_end"][b]), int(k) + 1, int(n - k), tokens[out["old_item"][b]],
+                    row = (
+                        users[b].decode(), key[1], int(k) + 1, int(n - k), tokens[out["old_item"][b]],
                         tokens[out["new_item"][b]], tokens[out["label"][b]], tokens[out["top1_before"][b]],
                         tokens[out["top1_after"][b]], int(out["flipped"][b]), f"{out['margin'][b]:.4f}",
                         " ".join(tokens[ids[b, :n]]), " ".join(tokens[out[ITEM_IDS][b, :n]]),
-                    ))
+                    )
+                    (heapq.heappush if len(rows) < inspect_rows else heapq.heapreplace)(rows, (tuple(-k for k in key), row))
                 yield {"user": users[b].decode(), "items": out[ITEM_IDS][b, : lengths[b]], "role": ROLE_TRAIN, "targets": [out["label"][b]]}
             if verbose and (number + 1) % 20 == 0:
                 logging.info(f"casr generation: batch {number + 1} of ~{expected}, {stats['generated']} samples")
@@ -206,11 +234,11 @@ def generate(
         "selected": stats["selected"],
         "generated": stats["generated"],
         "generated_share": stats["generated"] / max(prefixes, 1),
-        "flip_rate": None if step is None else stats["flipped"] / processed,
+        "flip_rate": None if intervention.method == "ad" else stats["flipped"] / processed,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    if step is not None and tsv_path:
-        write_tsv(tsv_path, TSV_COLUMNS, rows)
+    if intervention.method != "ad" and tsv_path:
+        write_tsv(tsv_path, TSV_COLUMNS, [row for _, row in sorted(rows, reverse=True)])
     return result
 
 
@@ -232,15 +260,16 @@ def generated_count(set_dir):
     return sum(shard["records"] for shard in tfrecord.load_metadata(set_dir)["shards"])
 
 
-def generated_row(record, *, max_len, beta, method):
-    """One stage-3 row of a generated record (see :func:`generated_batches`)."""
+def generated_row(record, *, max_len, beta, method, pad=True):
+    """One stage-3 row of a generated record (see :func:`generated_batches`); ``pad=False`` keeps the prefix's own length."""
     items = record["items"][-max_len:]
     n = tf.size(items)
-    ids = tf.ensure_shape(tf.pad(items, [[0, max_len - n]], constant_values=PAD_ID), [max_len])
+    ids = tf.ensure_shape(tf.pad(items, [[0, max_len - n]], constant_values=PAD_ID), [max_len]) if pad else items
     if method == "ad":
-        held = record["targets"][:MAX_HELDOUT]
-        return {ITEM_IDS: ids, LENGTHS: n, HELDOUT: tf.pad(held, [[0, MAX_HELDOUT - tf.size(held)]], constant_values=-1)}
-    last = tf.one_hot(n - 1, max_len, dtype=tf.float32)
+        held = record["targets"][1 : 1 + MAX_HELDOUT]
+        return {ITEM_IDS: ids, LENGTHS: n, HELDOUT: tf.pad(held, [[0, MAX_HELDOUT - tf.size(held)]], constant_values=-1),
+                SAMPLER_TOP1: record["targets"][0]}
+    last = tf.one_hot(n - 1, tf.size(ids), dtype=tf.float32)
     labels = tf.cast(last, tf.int32) * record["targets"][0]
     return {ITEM_IDS: ids, LABELS: labels, SAMPLE_WEIGHT: last * beta}
 
@@ -250,12 +279,18 @@ def generated_batches(set_dir, *, max_len, beta, method, batch_size, steps, seed
 
     heuristic / learning rows: ``item_ids``, ``labels`` and ``sample_weight``
     (``beta`` at the last real position only); ad rows: ``item_ids``,
-    ``lengths`` and ``heldout``.
+    ``lengths``, ``heldout`` and ``sampler_top1`` (the frozen sampler's
+    top-1 on the original prefix, computed once in stage 2). A batch holds
+    prefixes of similar length (buckets of :data:`LENGTH_BUCKET` items) padded
+    to their bucket's upper bound, not to ``max_len``: a generated row carries one
+    target, so its cost is its own length (the anchor's attention over a
+    prefix grows with its square).
     """
     epoch_seed = int(seed) * 1000 + int(epoch)
     ds = read_records(set_dir)
     if input_context is not None and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    ds = ds.map(graph_fn(lambda r: generated_row(r, max_len=max_len, beta=beta, method=method)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(graph_fn(lambda r: generated_row(r, max_len=max_len, beta=beta, method=method, pad=False)), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.shuffle(20000, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
-    return dataset.epoch_batches(ds, batch_size, steps, skip_steps, input_context)
+    batch = dataset.by_length(lambda row: tf.size(row[ITEM_IDS]), max_len, LENGTH_BUCKET, pad_to_boundary=True)
+    return dataset.epoch_batches(ds, batch_size, steps, skip_steps, input_context, batch=batch)

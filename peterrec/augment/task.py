@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from peterrec.augment import counterfactual
+from peterrec.augment.generate import SAMPLER_TOP1
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
 from peterrec.tasks.base import Task
 
@@ -94,7 +95,8 @@ class CounterfactualTask(Task):
         size, width = tf.shape(rows[ITEM_IDS])[0], tf.shape(rows[ITEM_IDS])[1]
         uniforms = keras.random.uniform((size, self.intervention.uniforms), seed=self.ad_seed)
         item_ids, labels, flipped = counterfactual.adversarial_samples(
-            self.anchor, self.sampler, rows[ITEM_IDS], rows[LENGTHS], rows[counterfactual.HELDOUT], uniforms, self.intervention
+            self.anchor, self.sampler, rows[ITEM_IDS], rows[LENGTHS], rows[counterfactual.HELDOUT], uniforms, self.intervention,
+            y0=rows.get(SAMPLER_TOP1),
         )
         self.ad_generated.assign_add(tf.cast(size, tf.float32))
         self.ad_flipped.assign_add(tf.reduce_sum(tf.cast(flipped, tf.float32)))

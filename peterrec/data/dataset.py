@@ -165,8 +165,10 @@ def per_replica_batch_size(batch_size, input_context=None):
     return batch_size // replicas
 
 
-def epoch_batches(ds, batch_size, steps, skip_steps=0, input_context=None):
+def epoch_batches(ds, batch_size, steps, skip_steps=0, input_context=None, batch=None):
     """One epoch of ``steps`` global steps from a repeated stream ``ds``, for this input pipeline.
+
+    ``batch(ds, per_replica_batch_size)`` batches the stream (default: ``ds.batch(..., drop_remainder=True)``).
 
     Each replica consumes one per-replica batch per step, and a pipeline feeds
     ``num_replicas_in_sync / num_input_pipelines`` replicas (e.g. both GPUs of
@@ -177,8 +179,27 @@ def epoch_batches(ds, batch_size, steps, skip_steps=0, input_context=None):
     per_pipeline = 1
     if input_context is not None:
         per_pipeline = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
-    ds = ds.batch(per_replica_batch_size(batch_size, input_context), drop_remainder=True)
+    size = per_replica_batch_size(batch_size, input_context)
+    ds = batch(ds, size) if batch is not None else ds.batch(size, drop_remainder=True)
     return ds.take(steps * per_pipeline).skip(skip_steps * per_pipeline).prefetch(AUTOTUNE)
+
+
+def by_length(length_fn, max_len, width=8, pad_to_boundary=False, drop_remainder=True):
+    """A ``batch`` argument of :func:`epoch_batches`: batches of rows whose ``length_fn(row)`` lies in the same
+    band of ``width`` (1..width, width+1..2*width, ... up to ``max_len``), so a batch's longest row is close to its
+    others (random batches of variable-length rows are padded to their longest, mostly to the long tail).
+
+    ``pad_to_boundary``: variable-length rows are padded to their band's upper bound (a few shapes, for XLA);
+    otherwise to the batch's longest. ``drop_remainder=False`` (evaluation): each band's last partial batch too.
+    """
+    boundaries = list(range(width + 1, max_len + 1, width)) + [max_len + 1]
+
+    def batch(ds, size):
+        return ds.bucket_by_sequence_length(
+            length_fn, boundaries, [size] * (len(boundaries) + 1), pad_to_bucket_boundary=pad_to_boundary, drop_remainder=drop_remainder,
+        )
+
+    return batch
 
 
 SHUFFLES = ("epoch", "once")

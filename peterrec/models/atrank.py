@@ -82,7 +82,8 @@ def time_bucket(delta_days):
 class ATRankBlock(keras.layers.Layer):
     """ATRank's multi-head attention + feed-forward block (self- or vanilla attention).
 
-    ``call(queries [B, Tq, H], keys [B, Tk, H], query_mask [B, Tq], key_mask [B, Tk])``::
+    ``call(queries [B, Tq, H], keys [B, Tk, H], query_mask [B, Tq], key_mask [B, Tk])``; queries (and
+    their mask) may be ``[1, Tq, ...]``, the same for every row (projected once)::
 
         Q, K, V = ReLU(Dense(queries)), ReLU(Dense(keys)), ReLU(Dense(keys))   # H each
         A = softmax(Q_h K_h^T / sqrt(H / heads), padded keys -> -2^32 + 1) * query_mask
@@ -131,7 +132,7 @@ class ATRankBlock(keras.layers.Layer):
         probs *= tf.cast(query_mask, scores.dtype)[:, None, :, None]
         probs = self.dropout(probs, training=training)
         out = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])
-        shape = tf.shape(queries)
+        shape = tf.shape(out)  # queries may be [1, Tq, H], shared by every row of keys
         out = tf.reshape(out, [shape[0], shape[1], self.hidden_size])
         x = self.ln1(out + queries)
         return self.ln2(self.ffn_out(self.ffn_in(x)) + x)
@@ -274,8 +275,11 @@ class ATRank(keras.Model):
         return h, mask
 
     def score_candidates(self, encoded, mask, candidates, training=None):
-        """``(logits [B, C], u [B, C, H], e_c [B, C, H])`` for ``candidates`` ``[B, C]``."""
+        """``(logits [B, C], u [B, C, H], e_c [B, C, H])`` for ``candidates`` ``[B, C]``, or ``[C]``: the same for
+        every row (their embeddings and query projections are then computed once, not per row; e_c is ``[1, C, H]``)."""
         candidates = tf.cast(candidates, tf.int32)
+        if candidates.shape.rank == 1:
+            candidates = candidates[None, :]
         e = self.candidate_vectors(candidates)
         u = e
         ones = tf.ones(tf.shape(candidates), tf.float32)
@@ -291,7 +295,7 @@ class ATRank(keras.Model):
         batch = tf.shape(encoded)[0]
 
         def one(chunk_ids):
-            return self.score_candidates(encoded, mask, tf.broadcast_to(chunk_ids[None, :], [batch, chunk]))[0]
+            return tf.broadcast_to(self.score_candidates(encoded, mask, chunk_ids)[0], [batch, chunk])
 
         scores = tf.map_fn(one, ids, fn_output_signature=tf.TensorSpec([None, chunk], tf.float32))  # [n, B, chunk]
         scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [batch, num_chunks * chunk])

@@ -72,6 +72,8 @@ class ATRankConfig(SideInfoConfig):
     eval_batch_size: int = 128
     epochs: int = 10
     candidate_chunk: int = 512
+    steps_per_execution: int = 16  # 16 of its small steps per call of the compiled step (the loop's Python overhead)
+    length_bucket: int = 8  # batch histories of similar length (bands of this many items); 0 = random batches (the original)
     eval_protocol: str = "full"
     num_negatives: int = 99
     patience: int = 10  # the original trains all its epochs (and keeps the best checkpoint)
@@ -93,6 +95,7 @@ class ATRankConfig(SideInfoConfig):
         check(self.batch_size >= 2 and self.batch_size % 2 == 0, "batch_size", f"must be even (each position's positive and negative row), got {self.batch_size}")
         check(self.optimizer in OPTIMIZERS, "optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         check(self.time_depth in (12, NUM_TIME_BUCKETS), "time_depth", f"must be 13 (every bucket) or 12 (the TF original), got {self.time_depth}")
+        check(self.length_bucket >= 0, "length_bucket", f"must be >= 0 (0 = random batches), got {self.length_bucket}")
         check(self.max_len >= 0, "max_len", f"must be >= 0 (0 = the whole history), got {self.max_len}")
         for name in ("embedding_dim", "field_dim", "num_heads", "num_layers", "candidate_chunk", "eval_batch_size", "num_negatives"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
@@ -152,11 +155,12 @@ def build_atrank_job(cfg, set_dir, metadata, vocab, item_features) -> SideInfoJo
         return tasks.train_dataset(
             set_dir, max_len=width, batch_size=cfg.batch_size, steps=steps, seed=cfg.seed, epoch=epoch,
             skip_steps=skip_steps, vocabulary_size=vocab.size, input_context=ctx, behaviour_fn=behaviour_fn,
+            length_bucket=cfg.length_bucket,
         )
 
     def eval_fn(split, ctx):
         return tasks.eval_dataset(set_dir, split, max_len=width, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                                  vocabulary_size=vocab.size, input_context=ctx, behaviour_fn=behaviour_fn)
+                                  vocabulary_size=vocab.size, input_context=ctx, behaviour_fn=behaviour_fn, length_bucket=cfg.length_bucket)
 
     def task_factory():
         network = ATRank(
@@ -207,7 +211,7 @@ def eval_rows(loaded, set_dir, split, batch_size):
         behaviour_fn = behaviours.lookup_fn()
     return lambda ctx: atrank_tasks.eval_dataset(
         set_dir, split, max_len=job["history_width"], batch_size=batch_size, seed=job["seed"], vocabulary_size=loaded.vocab.size,
-        input_context=ctx, behaviour_fn=behaviour_fn,
+        input_context=ctx, behaviour_fn=behaviour_fn, length_bucket=job.get("length_bucket", 0),
     )
 
 

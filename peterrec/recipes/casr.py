@@ -65,8 +65,10 @@ class CASRConfig(PretrainConfig):
     apply to both models (each takes the model settings it has; the sampler
     trains for ``sampler_epochs`` if set). Defaults of the seed's knobs follow
     the seed README's example command (``--learning Learning --index 2
-    --kappa 0 --sample 1 --iter 1 --beta 1``) except ``tao`` (see fidelity).
+    --kappa 0 --sample 1 --iter 1 --beta 1 --learning_rate 0.01``) except ``tao`` and ``sample`` (see fidelity).
     """
+
+    learning_rate: float = 0.01  # the seed's main.py example and its run_test_example.py -r 0.01 (NARM, STAMP)
 
     sampler_model: str | None = None  # default narm, or the model of --sampler_dir's export
     anchor_model: str = "stamp"
@@ -76,7 +78,7 @@ class CASRConfig(PretrainConfig):
     # where and how often to intervene
     index: int = 2  # intervention position, 1-based, counted as --position says
     position: str = "from_end"  # from_end (index 1 = the most recent item) | from_start | random
-    sample: float = 1.0  # share of training prefixes selected for generation (0 = none)
+    sample: float = 0.1  # share of training prefixes selected for generation (0 = none); the seed's example: 1 (fidelity k3)
     n_per_seq: int = 1  # candidates per selected prefix
     # heuristic
     replacement: str = "uniform"  # uniform | popularity (training counts)
@@ -279,5 +281,6 @@ def run(cfg: CASRConfig):
 
 recipes.register(recipes.Recipe(
     "casr", CASRConfig, run, layout="counterfactual", causal=False, pipeline="casr", order=10,
+    own_defaults=("learning_rate",),  # an unset --learning_rate keeps the seed's 0.01
     summary="CASR: counterfactual data augmentation (heuristic, learning, ad) for a causal anchor model",
 ))

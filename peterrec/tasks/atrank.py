@@ -99,11 +99,14 @@ def trim(batch):
 
 
 def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size, epoch=0, skip_steps=0, shuffle_buffer=20000, input_context=None,
-                  behaviour_fn=None):
+                  behaviour_fn=None, length_bucket=0):
     """One epoch of ``steps`` batches of ``batch_size // 2`` positions (each a positive and a negative row).
 
     Shuffled with ``seed * 1000 + epoch`` and repeated so the last batch is
     full, as ``dataset.train_dataset``; ``skip_steps`` resumes mid-epoch.
+    ``length_bucket > 0``: a batch holds positions whose history lengths lie in
+    the same band of that many items (:func:`peterrec.data.dataset.by_length`),
+    so it is cut close to each row's own length; 0: random batches (the original).
     """
     epoch_seed = int(seed) * 1000 + int(epoch)
     ds = dataset._records(set_dir, shuffle_seed=epoch_seed, input_context=input_context)
@@ -112,7 +115,9 @@ def train_dataset(set_dir, *, max_len, batch_size, steps, seed, vocabulary_size,
                 num_parallel_calls=AUTOTUNE)
     ds = ds.unbatch()
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False).repeat()
-    return dataset.epoch_batches(ds, max(1, batch_size // 2), steps, skip_steps, input_context).map(graph_fn(trim))
+    batch = dataset.by_length(lambda row: row[LENGTHS], max_len, length_bucket) if length_bucket else None
+    ds = dataset.epoch_batches(ds, max(1, batch_size // 2), steps, skip_steps, input_context, batch=batch)
+    return ds.map(graph_fn(trim))
 
 
 def eval_row(record, split, *, max_len, vocabulary_size, seed, behaviour_fn=None):
@@ -133,15 +138,23 @@ def eval_row(record, split, *, max_len, vocabulary_size, seed, behaviour_fn=None
     return row | ({BEHAVIOURS: behaviours[0][0]} if behaviours else {})
 
 
-def eval_dataset(set_dir, split, *, max_len, batch_size, seed, vocabulary_size, input_context=None, behaviour_fn=None):
-    """Evaluation rows of ``split`` (see the module docstring), batched and cut to the longest history."""
+def eval_dataset(set_dir, split, *, max_len, batch_size, seed, vocabulary_size, input_context=None, behaviour_fn=None, length_bucket=0):
+    """Evaluation rows of ``split`` (see the module docstring), batched and cut to the longest history.
+
+    ``length_bucket > 0``: rows batched with others of similar history length (as :func:`train_dataset`;
+    the metrics are means over rows, so only the cost changes).
+    """
     if split not in dataset.EVAL_SPLITS:
         raise ValueError(f"split must be one of {dataset.EVAL_SPLITS}, got {split!r}")
     ds = dataset._records(set_dir, input_context=input_context)
     ds = ds.map(graph_fn(lambda r: eval_row(r, split, max_len=max_len, vocabulary_size=vocabulary_size, seed=seed, behaviour_fn=behaviour_fn)),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.filter(graph_fn(lambda row: row[LABELS] >= 0))
-    ds = ds.batch(dataset.per_replica_batch_size(batch_size, input_context))
+    size = dataset.per_replica_batch_size(batch_size, input_context)
+    if length_bucket:
+        ds = dataset.by_length(lambda row: row[LENGTHS], max_len, length_bucket, drop_remainder=False)(ds, size)
+    else:
+        ds = ds.batch(size)
     return ds.map(graph_fn(trim)).prefetch(AUTOTUNE)
 
 

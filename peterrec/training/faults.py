@@ -107,9 +107,11 @@ class FaultMixin:
             return signals.received is not None
         return float(self._agree_step(tf.constant(0.0 if signals.received is None else 1.0))) > 0
 
-    def _loss_fault(self, loss, divergence):
-        """A message when this step's loss is NaN/Inf (TerminateOnNaN stopped the task) or has diverged."""
-        step = int(self.global_step.numpy())
+    def _loss_fault(self, loss, divergence, step=None):
+        """A message when this step's loss is NaN/Inf (TerminateOnNaN stopped the task) or has diverged.
+
+        ``step``: the loss's global step (default: the current one)."""
+        step = int(self.global_step.numpy()) if step is None else step
         if self.task.stop_training or not math.isfinite(loss):
             return f"the loss became NaN/Inf at global step {step}"
         diverged = divergence.update(loss)

@@ -41,6 +41,7 @@ class TrainConfig:
     jit_compile: bool = False
     mixed_precision: bool | str = False  # True: mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU; or a Keras policy name
     checkpoint_every_steps: int = 500
+    steps_per_execution: int = 1  # training steps per call of the compiled step (Keras' name): one Python round trip per call
     eval_protocol: str = "full"  # "full" ranking or "sampled" (1 target + num_negatives)
     num_negatives: int = 99
     ks: tuple = ranking.DEFAULT_KS
@@ -186,15 +187,39 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             optimizer.apply_gradients(zip(grads, task.trainable_variables))
             return loss_sum, count
 
-        @tf.function(autograph=False)  # graph code written with tf.cond/while: AutoGraph's source rewrite is a third of tracing
-        def train_step(iterator):
+        def one_step(iterator):
             loss_sum, count = strategy.run(replica_step, args=(next(iterator),))
             loss_sum = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
             count = strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
             self.global_step.assign_add(1)
             return loss_sum / tf.maximum(count, 1.0), count
 
+        @tf.function(autograph=False)  # graph code written with tf.cond/while: AutoGraph's source rewrite is a third of tracing
+        def train_step(iterator):
+            return one_step(iterator)
+
+        @tf.function(autograph=False)
+        def train_steps(iterator, n):
+            """``n`` steps in one call (a tensor: one trace for every n); per-step losses and counts ``[n]``."""
+
+            def body(i, losses, counts):
+                loss, count = one_step(iterator)
+                return i + 1, losses.write(i, loss), counts.write(i, count)
+
+            arrays = (tf.TensorArray(tf.float32, size=n), tf.TensorArray(tf.float32, size=n))
+            _, losses, counts = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), *arrays))
+            return losses.stack(), counts.stack()
+
+        self._train_steps = train_steps
         return train_step
+
+    def _run_steps(self, iterator, n):
+        """``n`` training steps; ``(losses, counts)`` as Python floats, one per step."""
+        if n == 1:
+            loss, count = self._train_step(iterator)
+            return [float(loss)], [float(count)]
+        losses, counts = self._train_steps(iterator, tf.constant(n, tf.int32))
+        return losses.numpy().tolist(), counts.numpy().tolist()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split, scorer=None):
@@ -287,17 +312,28 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
                 self._write_graph(iterator)
                 graph_written = True
             t0, epoch_positions, epoch_loss = time.perf_counter(), 0.0, 0.0
-            for batch_index in range(skip, steps):
+            batch_index, per_call = skip, max(1, int(cfg.steps_per_execution))
+            every = int(cfg.checkpoint_every_steps or 0)
+            while batch_index < steps:
+                n = min(per_call, steps - batch_index)
+                if every:  # a call ends on every checkpoint step
+                    n = min(n, every - int(self.global_step.numpy()) % every)
                 callbacks.on_train_batch_begin(batch_index)
-                loss_t, count = self._train_step(iterator)
-                loss, count = float(loss_t), float(count)
-                epoch_positions, epoch_loss = epoch_positions + count, epoch_loss + loss * count
-                callbacks.on_train_batch_end(batch_index, {"loss": loss})
-                failure = self._loss_fault(loss, divergence)
-                if failure is None and cfg.checkpoint_every_steps and int(self.global_step.numpy()) % cfg.checkpoint_every_steps == 0:
+                losses, counts = self._run_steps(iterator, n)
+                first_step = int(self.global_step.numpy()) - n + 1 if n > 1 else None
+                for j, (loss, count) in enumerate(zip(losses, counts)):
+                    if j:
+                        callbacks.on_train_batch_begin(batch_index + j)
+                    epoch_positions, epoch_loss = epoch_positions + count, epoch_loss + loss * count
+                    callbacks.on_train_batch_end(batch_index + j, {"loss": loss})
+                    failure = self._loss_fault(loss, divergence, None if first_step is None else first_step + j)
+                    if failure is not None:
+                        break
+                batch_index += n
+                if failure is None and every and int(self.global_step.numpy()) % every == 0:
                     failure = self._save()
                 if failure is None and self._stop_requested(signals):
-                    self._interrupt(signals.received, epoch, batch_index + 1)
+                    self._interrupt(signals.received, epoch, batch_index)
                 if failure is not None:
                     break
             elapsed = time.perf_counter() - t0

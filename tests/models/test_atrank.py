@@ -200,6 +200,33 @@ def test_eval_rows_bucket_relative_to_the_target(tmp_path):
     assert batch[tasks.NEGATIVE][u1] not in set(vocab.encode("abcde")[0].tolist())
 
 
+def test_length_buckets_batch_similar_histories_and_keep_every_eval_row(tmp_path):
+    path = tmp_path / "v.inter"
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"u{k}\ti{(k + t) % 40}\t{t * DAY}" for k in range(20) for t in range(4 + k)]  # 4..23 items per user
+    path.write_text("\n".join(lines) + "\n")
+    set_dir = str(tmp_path / "set")
+    convert.convert(str(path), "inter", set_dir, num_shards=1)
+    vocab = Vocabulary.load(set_dir)
+    batches = list(tasks.train_dataset(set_dir, max_len=25, batch_size=6, steps=30, seed=0, vocabulary_size=vocab.size, length_bucket=4))
+    assert len(batches) == 30
+    for batch in batches:
+        lengths = batch[LENGTHS].numpy()
+        assert len(lengths) == 3 and len({(n - 1) // 4 for n in lengths}) == 1  # one band of 4 lengths per batch
+        assert batch[ITEM_IDS].shape[1] == lengths.max()  # cut to its own longest
+    assert len({int(b[LENGTHS][0] - 1) // 4 for b in batches}) > 3  # the bands take turns
+
+    def rows(bucket):
+        out = []
+        for batch in tasks.eval_dataset(set_dir, "test", max_len=25, batch_size=4, seed=0, vocabulary_size=vocab.size, length_bucket=bucket):
+            for b in range(len(batch[LENGTHS])):
+                n = int(batch[LENGTHS][b])
+                out.append((batch["user"][b].numpy(), int(batch[LABELS][b]), int(batch[tasks.NEGATIVE][b]), tuple(batch[ITEM_IDS][b, :n].numpy())))
+        return sorted(out)
+
+    assert rows(4) == rows(0) and len(rows(0)) == 20  # the same rows, in other batches
+
+
 # ---------------------------------------------------------------- settings
 def test_config_errors_name_the_flag():
     with pytest.raises(ConfigError, match="--batch_size: must be even"):
