@@ -70,7 +70,7 @@ class ATRankConfig(SideInfoConfig):
     clip_norm: float = 5.0
     batch_size: int = 32
     eval_batch_size: int = 128
-    epochs: int = 10
+    epochs: int = 3  # the original: 10 (on the default data 2 epochs already give validation AUC 0.87; fidelity a15)
     candidate_chunk: int = 512
     steps_per_execution: int = 16  # 16 of its small steps per call of the compiled step (the loop's Python overhead)
     length_bucket: int = 8  # batch histories of similar length (bands of this many items); 0 = random batches (the original)
