@@ -106,7 +106,7 @@ def main():
                 metrics = _metrics(job_dir, job)
                 rows.append({"seed": seed, "sampler": sampler, "anchor": anchor, "method": method, "metrics": metrics,
                              "sampled_test": _sampled(job_dir, args.data, tfrecord_dir), "sampler_test": sampler_metrics["test"]})
-    write_results(args, rows)
+        write_results(args, rows)  # after every seed: the tables so far
     return 0
 
 

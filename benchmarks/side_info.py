@@ -20,13 +20,12 @@ Writes ``benchmarks/results/<name>.{json,md,png}``. Skips (exit 0) when the data
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import RESULTS, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
 ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
 
 
@@ -35,19 +34,19 @@ def main():
     parser.add_argument("--data", default=os.path.join(ML100K, "ml-100k.inter"))
     parser.add_argument("--item_data", default=os.path.join(ML100K, "ml-100k.item"))
     parser.add_argument("--fields", default="class")
-    parser.add_argument("--out_dir", default="/tmp/bench-side-info")
-    parser.add_argument("--atrank_epochs", type=int, default=3)
+    parser.add_argument("--out_dir", default="/tmp/bench-side-info", help="finished runs here are reused (<out_dir>/seed<k>/<run>/metrics.json)")
+    parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--discards", default="0,0.5", help="discard shares of the MIIR runs (0 = before discard, 0.5 = the original's after)")
+    parser.add_argument("--atrank_epochs", type=int, default=0, help="also run ATRank (SGD, the original's) for this many epochs (0: not)")
     parser.add_argument("--atrank_batch_size", type=int, default=128)
     parser.add_argument("--atrank_max_len", type=int, default=50)
-    parser.add_argument("--atrank_adam_epochs", type=int, default=0, help="also run ATRank with Adam (run atrank_adam) for this many epochs")
+    parser.add_argument("--atrank_adam_epochs", type=int, default=0, help="also run ATRank with Adam for this many epochs (0: not)")
     parser.add_argument("--atrank_adam_learning_rate", type=float, default=1e-3)
     parser.add_argument("--miir_epochs", type=int, default=20)
     parser.add_argument("--mii_epochs", type=int, default=10)
     parser.add_argument("--miir_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=100, help="early-stopping patience (default: off; MIIR from scratch plateaus for several epochs)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--skip", default="", help="comma-separated run names to skip (atrank, miir, miir_discard, ...)")
-    parser.add_argument("--reuse", default=None, help="rows.json of an earlier run: rows of the --skip runs are taken from it")
+    parser.add_argument("--miir_dropout", type=float, default=None, help="default: MIIRConfig's")
+    parser.add_argument("--patience", type=int, default=3, help="early stopping on validation (the same budget with and without MII)")
     parser.add_argument("--name", default="side_info")
     args = parser.parse_args()
     if not (os.path.isfile(args.data) and os.path.isfile(args.item_data)):
@@ -56,52 +55,47 @@ def main():
     from peterrec.recipes.atrank import ATRankConfig, run_atrank
     from peterrec.recipes.miir import MIIRConfig, run_miir
 
-    shutil.rmtree(args.out_dir, ignore_errors=True)
-    os.makedirs(args.out_dir)
     fields = tuple(args.fields.split(","))
-    common = dict(data=args.data, item_data=args.item_data, item_fields=fields, tfrecord_dir=os.path.join(args.out_dir, "tfrecords"),
-                  seed=args.seed, patience=args.patience, verbose=2)
-    skip = set(filter(None, args.skip.split(",")))
+    tfrecord_dir = os.path.join(args.out_dir, "tfrecords")
+    miir_knobs = dict(learning_rate=args.miir_learning_rate, **({} if args.miir_dropout is None else {"dropout": args.miir_dropout}))
     rows = []
-    if args.reuse:
-        with open(args.reuse) as f:
-            rows = [row for row in json.load(f) if row["run"] in skip]
 
-    def record(name, model, variant, metrics, seconds):
-        rows.append({"run": name, "model": model, "variant": variant, "seconds": round(seconds, 1), **_summary(metrics)})
-        with open(os.path.join(args.out_dir, "rows.json"), "w") as f:
-            json.dump(rows, f, indent=2)
+    def run(seed, name, model, variant, job):
+        """One job, reused from <out_dir>/seed<k>/<name>/metrics.json when it finished before."""
+        model_dir = os.path.join(args.out_dir, f"seed{seed}", name)
+        path = os.path.join(model_dir, "metrics.json")
+        if not os.path.exists(path):
+            t0 = time.perf_counter()
+            metrics = job(model_dir)
+            metrics["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
+            with open(path, "w") as f:
+                json.dump(metrics, f, indent=2)
+        with open(path) as f:
+            metrics = json.load(f)
+        rows.append({"seed": seed, "run": name, "model": model, "variant": variant, "seconds": metrics.get("bench_wall_seconds"), **_summary(metrics)})
+        return model_dir
 
-    if "atrank" not in skip:
-        t0 = time.perf_counter()
-        metrics = run_atrank(ATRankConfig(model_dir=os.path.join(args.out_dir, "atrank"), epochs=args.atrank_epochs,
-                                          batch_size=args.atrank_batch_size, max_len=args.atrank_max_len, **common))
-        record("atrank", "ATRank", f"SGD 1.0→0.1, clip 5, batch {args.atrank_batch_size}, history ≤ {args.atrank_max_len}",
-               metrics, time.perf_counter() - t0)
-    if args.atrank_adam_epochs and "atrank_adam" not in skip:
-        t0 = time.perf_counter()
-        metrics = run_atrank(ATRankConfig(model_dir=os.path.join(args.out_dir, "atrank_adam"), epochs=args.atrank_adam_epochs,
-                                          batch_size=args.atrank_batch_size, max_len=args.atrank_max_len, optimizer="adam",
-                                          learning_rate=args.atrank_adam_learning_rate, **common))
-        record("atrank_adam", "ATRank", f"Adam {args.atrank_adam_learning_rate:g}, clip 5, batch {args.atrank_batch_size}, "
-               f"history ≤ {args.atrank_max_len}", metrics, time.perf_counter() - t0)
-    for discard in (0.0, 0.5):
-        suffix = "" if discard == 0 else "_discard"
-        settings = dict(common, discard_share=discard, learning_rate=args.miir_learning_rate)
-        name = f"miir{suffix}"
-        if name not in skip:
-            t0 = time.perf_counter()
-            metrics = run_miir(MIIRConfig(model_dir=os.path.join(args.out_dir, name), epochs=args.miir_epochs, **settings))
-            record(name, "MIIR", f"no MII pretraining, discard {discard:.0%}", metrics, time.perf_counter() - t0)
-        name = f"miir_mii{suffix}"
-        if name not in skip:
-            t0 = time.perf_counter()
-            pre_dir = os.path.join(args.out_dir, f"mii{suffix}")
-            pretrained = run_miir(MIIRConfig(model_dir=pre_dir, stage="mii", epochs=args.mii_epochs, **settings))
-            record(f"mii{suffix}", "MIIR (MII stage only)", f"MII pretraining, discard {discard:.0%}", pretrained, time.perf_counter() - t0)
-            metrics = run_miir(MIIRConfig(model_dir=os.path.join(args.out_dir, name), epochs=args.miir_epochs, pretrained=pre_dir, **settings))
-            record(name, "MIIR", f"MII pretraining + finetuning, discard {discard:.0%}", metrics, time.perf_counter() - t0)
-    write(args, rows)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        common = dict(data=args.data, item_data=args.item_data, item_fields=fields, tfrecord_dir=tfrecord_dir, seed=seed,
+                      patience=args.patience, verbose=2)
+        atrank = dict(batch_size=args.atrank_batch_size, max_len=args.atrank_max_len, **common)
+        if args.atrank_epochs:
+            run(seed, "atrank", "ATRank", f"SGD 1.0→0.1, clip 5, batch {args.atrank_batch_size}, history ≤ {args.atrank_max_len}",
+                lambda d: run_atrank(ATRankConfig(model_dir=d, epochs=args.atrank_epochs, **atrank)))
+        if args.atrank_adam_epochs:
+            run(seed, "atrank_adam", "ATRank", f"Adam {args.atrank_adam_learning_rate:g}, clip 5, batch {args.atrank_batch_size}, history ≤ {args.atrank_max_len}",
+                lambda d: run_atrank(ATRankConfig(model_dir=d, epochs=args.atrank_adam_epochs, optimizer="adam",
+                                                  learning_rate=args.atrank_adam_learning_rate, **atrank)))
+        for discard in [float(x) for x in args.discards.split(",")]:
+            suffix = "" if discard == 0 else f"_discard{discard:g}"
+            settings = dict(common, discard_share=discard, **miir_knobs)
+            run(seed, f"miir{suffix}", "MIIR", f"no MII pretraining, discard {discard:.0%}",
+                lambda d: run_miir(MIIRConfig(model_dir=d, epochs=args.miir_epochs, **settings)))
+            pre_dir = run(seed, f"mii{suffix}", "MIIR (MII stage only)", f"MII pretraining, discard {discard:.0%}",
+                          lambda d: run_miir(MIIRConfig(model_dir=d, stage="mii", epochs=args.mii_epochs, **settings)))
+            run(seed, f"miir_mii{suffix}", "MIIR", f"MII pretraining + finetuning, discard {discard:.0%}",
+                lambda d: run_miir(MIIRConfig(model_dir=d, epochs=args.miir_epochs, pretrained=pre_dir, **settings)))
+        write(args, rows)  # after every seed: the tables so far
 
 
 def _summary(metrics):
@@ -118,42 +112,68 @@ def _summary(metrics):
     }
 
 
+COLUMNS = (("auc", "test AUC"), ("sampled_hr@10", "sampled HR@10"), ("sampled_mrr", "sampled MRR"), ("hr@10", "full HR@10"),
+           ("ndcg@10", "full NDCG@10"), ("mrr@10", "full MRR@10"))
+
+
 def write(args, rows):
     os.makedirs(RESULTS, exist_ok=True)
     payload = {"data": args.data, "item_data": args.item_data, "fields": args.fields, "cpu_count": os.cpu_count(), "args": vars(args), "rows": rows}
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump(payload, f, indent=2)
-    fmt = lambda row, key: f"{row[key]:.4f}" if key in row else "—"  # noqa: E731
+    seeds = sorted({r["seed"] for r in rows})
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    by = {(r["run"], r["seed"]): r for r in rows}
+    cell = lambda run, key: fmt([by[run, s]["test"].get(key) for s in seeds if (run, s) in by])  # noqa: E731
     lines = [
-        f"# {args.name}: ATRank and MIIR on ml-100k (genres as the categorical field)",
+        f"# {args.name}: ATRank and MIIR on ml-100k (genres as the categorical field), {len(seeds)} seeds",
         "",
-        f"`python benchmarks/side_info.py --atrank_epochs {args.atrank_epochs} --miir_epochs {args.miir_epochs} "
-        f"--mii_epochs {args.mii_epochs}{f' --atrank_adam_epochs {args.atrank_adam_epochs}' if args.atrank_adam_epochs else ''}` on {os.cpu_count()} CPU cores (shared). Leave-one-out split; test users 943.",
-        "AUC (ATRank): 1 positive vs 1 negative outside the user's sequence; sampled (MIIR): 1 target + 99 uniform items;",
-        "full: rank over all 1,682 items (ties against the target).",
+        f"`python benchmarks/side_info.py --seeds {args.seeds} --discards {args.discards} --miir_epochs {args.miir_epochs} --mii_epochs {args.mii_epochs} "
+        f"--patience {args.patience}{f' --atrank_epochs {args.atrank_epochs}' if args.atrank_epochs else ''}"
+        f"{f' --atrank_adam_epochs {args.atrank_adam_epochs}' if args.atrank_adam_epochs else ''}` on {os.cpu_count()} CPU cores. "
+        f"Leave-one-out split, 943 test users; every job stops after {args.patience} epochs without a better validation score and exports "
+        f"its best epoch (MIIR: Adam {args.miir_learning_rate:g}, dropout {args.miir_dropout if args.miir_dropout is not None else 'MIIRConfig default'}). "
+        "AUC (ATRank): 1 positive vs 1 negative outside the user's sequence; sampled (MIIR, the paper's protocol): 1 target + 99 uniform items; "
+        "full: rank over all 1,682 items (ties against the target). Mean ± sd over seeds.",
         "",
-        "| model | variant | test AUC | sampled HR@5 | sampled HR@10 | sampled MRR | sampled AUC | full HR@10 | full NDCG@10 | full MRR@10 | epochs (selected) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | variant | " + " | ".join(label for _, label in COLUMNS) + " | epochs (selected) | job s |",
+        "|---|---|" + "---|" * (len(COLUMNS) + 2),
     ]
-    for row in rows:
-        t = row["test"]
-        lines.append(
-            f"| {row['model']} | {row['variant']} | {fmt(t, 'auc')} | {fmt(t, 'sampled_hr@5')} | {fmt(t, 'sampled_hr@10')} | "
-            f"{fmt(t, 'sampled_mrr')} | {fmt(t, 'sampled_auc')} | {fmt(t, 'hr@10')} | {fmt(t, 'ndcg@10')} | {fmt(t, 'mrr@10')} | "
-            f"{row['epochs_run']} ({row['selected_epoch']}) | {row['train_wall_seconds']:.0f} |"
-        )
+    for run in runs:
+        mine = [by[run, s] for s in seeds if (run, s) in by]
+        lines.append(f"| {mine[0]['model']} | {mine[0]['variant']} | " + " | ".join(cell(run, key) for key, _ in COLUMNS)
+                     + f" | {mean_sd([r['epochs_run'] for r in mine])[0]:.1f} ({mean_sd([r['selected_epoch'] for r in mine])[0]:.1f}) | "
+                     f"{mean_sd([r['seconds'] for r in mine])[0] or 0:.0f} |")
     if rows:
-        p = rows[0]["popularity_test"]
-        pm = next((r["popularity_test"] for r in rows if "sampled_mrr" in r["popularity_test"]), {})
-        lines.append(
-            f"| popularity | training counts | {fmt(p, 'auc')} | {fmt(pm, 'sampled_hr@5')} | {fmt(pm, 'sampled_hr@10')} | "
-            f"{fmt(pm, 'sampled_mrr')} | {fmt(pm, 'sampled_auc')} | {fmt(p, 'hr@10')} | {fmt(p, 'ndcg@10')} | {fmt(p, 'mrr@10')} | — | — |"
-        )
-    lines += [
-        "",
-        "Runs in the plot: `miir` = no MII pretraining, `mii` = the MII stage alone, `miir_mii` = MII pretraining +",
-        "finetuning, `_discard` = 50 % of the genres discarded (the original's default setting).",
-    ]
+        pop = {}
+        for r in rows:
+            pop.update({k: v for k, v in r["popularity_test"].items() if k not in pop})
+        lines.append("| popularity | training counts | " + " | ".join(f"{pop[k]:.4f}" if k in pop else "—" for k, _ in COLUMNS) + " | — | — |")
+    lines += ["", "Paired effect of MII pretraining (MII + finetuning − no MII, per seed; mean ± standard error; verdict at 2 SE):", "",
+              "| discard | Δ sampled HR@10 | Δ sampled MRR | Δ full HR@10 | Δ full NDCG@10 | verdict (sampled MRR) | verdict (full NDCG@10) |",
+              "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        if not run.startswith("miir_mii"):
+            continue
+        base = run.replace("miir_mii", "miir")
+        cells, words = [], []
+        for key in ("sampled_hr@10", "sampled_mrr", "hr@10", "ndcg@10"):
+            treated = {s: by[run, s]["test"].get(key) for s in seeds if (run, s) in by}
+            control = {s: by[base, s]["test"].get(key) for s in seeds if (base, s) in by}
+            d, se, n = paired(treated, control)
+            cells.append("—" if d is None else f"{d:+.4f} ± {se:.4f} (n={n})")
+            if key in ("sampled_mrr", "ndcg@10"):
+                words.append(verdict(d, se, mean_sd(list(control.values()))[0]))
+        variant = by[run, next(s for s in seeds if (run, s) in by)]["variant"].split("discard ")[-1]
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {words[0]} | {words[1]} |")
+    lines += ["", "Per seed (sampled MRR / full NDCG@10):", "", "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for run in runs:
+        lines.append(f"| {run} | " + " | ".join(
+            (f"{by[run, s]['test'].get('sampled_mrr', float('nan')):.4f} / {by[run, s]['test']['ndcg@10']:.4f}" if (run, s) in by else "—")
+            for s in seeds) + " |")
+    lines += ["", "Runs: `miir` = no MII pretraining, `mii` = the MII stage alone, `miir_mii` = MII pretraining + finetuning from it, "
+              "`_discard0.5` = 50 % of the genres discarded (the original's default setting)."]
     write_markdown(lines, args.name)
     _plot(rows, os.path.join(RESULTS, f"{args.name}.png"))
 
@@ -166,17 +186,23 @@ def _plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r["run"] for r in rows] + ["popularity"]  # the variants are spelled out in the .md table
-    full = [r["test"].get("hr@10", 0.0) for r in rows] + [rows[0]["popularity_test"].get("hr@10", 0.0)]
-    pm = next((r["popularity_test"] for r in rows if "sampled_hr@10" in r["popularity_test"]), {})
-    sampled = [r["test"].get("sampled_hr@10", float("nan")) for r in rows] + [pm.get("sampled_hr@10", float("nan"))]
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    labels = runs + ["popularity"]  # the variants are spelled out in the .md table
+
+    def stats(key):
+        out = [mean_sd([r["test"].get(key) for r in rows if r["run"] == run]) for run in runs]
+        pop = next((r["popularity_test"][key] for r in rows if key in r["popularity_test"]), None)
+        return [m if m is not None else float("nan") for m, _ in out] + [pop if pop is not None else float("nan")], [sd or 0 for _, sd in out] + [0]
+
+    full, full_sd = stats("hr@10")
+    sampled, sampled_sd = stats("sampled_hr@10")
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 3.6))
     x = range(len(labels))
-    ax.bar([i - 0.2 for i in x], full, width=0.4, label="full-ranking HR@10")
-    ax.bar([i + 0.2 for i in x], sampled, width=0.4, label="sampled (1+99) HR@10")
+    ax.bar([i - 0.2 for i in x], full, width=0.4, yerr=full_sd, label="full-ranking HR@10")
+    ax.bar([i + 0.2 for i in x], sampled, width=0.4, yerr=sampled_sd, label="sampled (1+99) HR@10")
     ax.set_xticks(list(x))
     ax.set_xticklabels(labels, fontsize=8, rotation=20, ha="right")
-    ax.set_ylabel("test HR@10")
+    ax.set_ylabel("test HR@10 (mean ± sd over seeds)")
     ax.set_title("ml-100k, genres as side information")
     ax.legend(fontsize=8)
     fig.tight_layout()
