@@ -105,7 +105,7 @@ def main():
             for method, job_dir, job in jobs:
                 metrics = _metrics(job_dir, job)
                 rows.append({"seed": seed, "sampler": sampler, "anchor": anchor, "method": method, "metrics": metrics,
-                             "sampled_test": _sampled(job_dir, args.data, tfrecord_dir), "sampler_test": sampler_metrics["test"]})
+                             "sampled": _sampled(job_dir, args.data, tfrecord_dir), "sampler_test": sampler_metrics["test"]})
         write_results(args, rows)  # after every seed: the tables so far
     return 0
 
@@ -121,12 +121,13 @@ def _row(entry):
         "anchor": entry["anchor"],
         "method": entry["method"],
         **{f"test_{k}": m["test"][k] for k in METRICS},
-        **{f"sampled_{k}": entry["sampled_test"].get(k) for k in METRICS},
+        **{f"sampled_{k}": entry["sampled"]["test"][k] for k in METRICS},
         "valid_mrr@10": m["valid"]["mrr@10"],
         "selected_epoch": m["selected_epoch"],
         "epochs_run": m["epochs_run"],
         "popularity_test_hr@10": m["popularity"]["test"]["hr@10"],
         "popularity_test_mrr@10": m["popularity"]["test"]["mrr@10"],
+        "popularity_sampled_hr@10": entry["sampled"]["popularity"]["hr@10"],
         "generated": generation.get("generated"),
         "generated_share": generation.get("generated_share"),
         "flip_rate": flip,
@@ -191,7 +192,7 @@ def write_results(args, entries):
     for r in rows:
         samplers.setdefault(r["sampler"], []).append(r["sampler_test_hr@10"])
     lines += ["", "Samplers (full test HR@10, mean ± sd over seeds): " + ", ".join(f"{k} {fmt(v)}" for k, v in samplers.items())
-              + f"; popularity full test HR@10 {rows[0]['popularity_test_hr@10']:.4f} (the same rows).", "",
+              + f"; popularity test HR@10 {rows[0]['popularity_test_hr@10']:.4f} full, {rows[0]['popularity_sampled_hr@10']:.4f} sampled (the same rows).", "",
               "Per seed (full test NDCG@10):", "", "| sampler → anchor | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|---|" + "---|" * len(seeds)]
     for pair in dict.fromkeys((r["sampler"], r["anchor"]) for r in rows):
