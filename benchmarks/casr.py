@@ -22,26 +22,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import RESULTS, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, cached_job, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k", "ml-100k.inter")
 METHODS = ("heuristic", "learning", "ad")
 METRICS = ("hr@10", "ndcg@10", "mrr@10")
-
-
-def _metrics(model_dir, job):
-    path = os.path.join(model_dir, "metrics.json")
-    if not os.path.exists(path):
-        t0 = time.perf_counter()
-        metrics = job()
-        metrics["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
-        with open(path, "w") as f:
-            json.dump(metrics, f, indent=2)
-    with open(path) as f:
-        return json.load(f)
 
 
 def _sampled(model_dir, data, tfrecord_dir):
@@ -93,7 +80,7 @@ def main():
         for pair in args.pairs.split(","):
             sampler, anchor = pair.split(":")
             sampler_dir = os.path.join(args.work_dir, f"seed{seed}", f"sampler-{sampler}")
-            sampler_metrics = _metrics(sampler_dir, lambda: pretraining.run(
+            sampler_metrics = cached_job(sampler_dir, lambda: pretraining.run(
                 pretraining.PretrainConfig(backbone=sampler, model_dir=sampler_dir, **common)))
             anchor_dir = os.path.join(args.work_dir, f"seed{seed}", f"anchor-{anchor}")
             jobs = [("anchor alone", anchor_dir, lambda: pretraining.run(pretraining.PretrainConfig(backbone=anchor, model_dir=anchor_dir, **common)))]
@@ -103,7 +90,7 @@ def main():
                                              learning=method, **knobs, **common)
                 jobs.append((method, job_dir, lambda cfg=cfg: casr_recipe.run(cfg)))
             for method, job_dir, job in jobs:
-                metrics = _metrics(job_dir, job)
+                metrics = cached_job(job_dir, job)
                 rows.append({"seed": seed, "sampler": sampler, "anchor": anchor, "method": method, "metrics": metrics,
                              "sampled": _sampled(job_dir, args.data, tfrecord_dir), "sampler_test": sampler_metrics["test"]})
         write_results(args, rows)  # after every seed: the tables so far

@@ -21,11 +21,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import RESULTS, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, cached_job, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
 ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
 
 
@@ -63,15 +62,7 @@ def main():
     def run(seed, name, model, variant, job):
         """One job, reused from <out_dir>/seed<k>/<name>/metrics.json when it finished before."""
         model_dir = os.path.join(args.out_dir, f"seed{seed}", name)
-        path = os.path.join(model_dir, "metrics.json")
-        if not os.path.exists(path):
-            t0 = time.perf_counter()
-            metrics = job(model_dir)
-            metrics["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
-            with open(path, "w") as f:
-                json.dump(metrics, f, indent=2)
-        with open(path) as f:
-            metrics = json.load(f)
+        metrics = cached_job(model_dir, lambda: job(model_dir))
         rows.append({"seed": seed, "run": name, "model": model, "variant": variant, "seconds": metrics.get("bench_wall_seconds"), **_summary(metrics)})
         return model_dir
 
