@@ -79,9 +79,7 @@ def main():
                       seed=seed, verbose=2, patience=args.patience, num_shards=4, max_len=args.max_len, stride=args.stride)
         for pair in args.pairs.split(","):
             sampler, anchor = pair.split(":")
-            sampler_dir = os.path.join(args.work_dir, f"seed{seed}", f"sampler-{sampler}")
-            sampler_metrics = cached_job(sampler_dir, lambda: pretraining.run(
-                pretraining.PretrainConfig(backbone=sampler, model_dir=sampler_dir, **common)))
+            sampler_dir, sampler_metrics = _train_sampler(os.path.join(args.work_dir, f"seed{seed}"), sampler, common)
             anchor_dir = os.path.join(args.work_dir, f"seed{seed}", f"anchor-{anchor}")
             jobs = [("anchor alone", anchor_dir, lambda: pretraining.run(pretraining.PretrainConfig(backbone=anchor, model_dir=anchor_dir, **common)))]
             for method in args.methods.split(","):
@@ -92,9 +90,37 @@ def main():
             for method, job_dir, job in jobs:
                 metrics = cached_job(job_dir, job)
                 rows.append({"seed": seed, "sampler": sampler, "anchor": anchor, "method": method, "metrics": metrics,
+                             "sampler_learning_rate": sampler_metrics["sampler_learning_rate"],
                              "sampled": _sampled(job_dir, args.data, tfrecord_dir), "sampler_test": sampler_metrics["test"]})
         write_results(args, rows)  # after every seed: the tables so far
     return 0
+
+
+def _train_sampler(seed_dir, sampler, common, retries=3):
+    """The seed's sampler (its model_dir and metrics): trained at the common learning rate; a run that stops on a
+    numerical fault (NaN or a diverging loss, e.g. NARM at the seed's 0.01) is a result of that seed, so the sampler is
+    retrained at half the rate (up to ``retries`` times) in ``sampler-<name>-lr<rate>`` and the table names the rate."""
+    from peterrec import pretraining
+    from peterrec.errors import ConfigError
+    from peterrec.tuning import stopped_on_fault
+
+    rate = common["learning_rate"]
+    for attempt in range(retries + 1):
+        name = f"sampler-{sampler}" if attempt == 0 else f"sampler-{sampler}-lr{rate:g}"
+        sampler_dir = os.path.join(seed_dir, name)
+        settings = common | {"learning_rate": rate}
+        try:
+            metrics = cached_job(sampler_dir, lambda: pretraining.run(
+                pretraining.PretrainConfig(backbone=sampler, model_dir=sampler_dir, **settings)))
+        except ConfigError:
+            if not stopped_on_fault(sampler_dir):
+                raise
+            metrics = {}
+        if metrics.get("export_dir"):
+            return sampler_dir, metrics | {"sampler_learning_rate": rate}
+        print(f"{sampler_dir}: stopped on a numerical fault at learning rate {rate:g}; retrying at {rate / 2:g}")
+        rate /= 2
+    raise ConfigError(f"{seed_dir}: the {sampler} sampler stopped on a numerical fault at every learning rate down to {rate * 2:g}")
 
 
 def _row(entry):
@@ -123,6 +149,7 @@ def _row(entry):
         "job_wall_seconds": m.get("bench_wall_seconds"),
         "sampler_test_hr@10": entry["sampler_test"]["hr@10"],
         "sampler_test_mrr@10": entry["sampler_test"]["mrr@10"],
+        "sampler_learning_rate": entry.get("sampler_learning_rate"),
     }
 
 
@@ -178,7 +205,10 @@ def write_results(args, entries):
     samplers = {}
     for r in rows:
         samplers.setdefault(r["sampler"], []).append(r["sampler_test_hr@10"])
-    lines += ["", "Samplers (full test HR@10, mean ± sd over seeds): " + ", ".join(f"{k} {fmt(v)}" for k, v in samplers.items())
+    retrained = sorted({(r["seed"], r["sampler"], r["sampler_learning_rate"]) for r in rows
+                        if r["sampler_learning_rate"] not in (None, args.learning_rate)})
+    note = "".join(f"; seed {s} {name} stopped on a numerical fault at {args.learning_rate:g} and was retrained at {lr:g}" for s, name, lr in retrained)
+    lines += ["", "Samplers (full test HR@10, mean ± sd over seeds): " + ", ".join(f"{k} {fmt(v)}" for k, v in samplers.items()) + note
               + f"; popularity test HR@10 {rows[0]['popularity_test_hr@10']:.4f} full, {rows[0]['popularity_sampled_hr@10']:.4f} sampled (the same rows).", "",
               "Per seed (full test NDCG@10):", "", "| sampler → anchor | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|---|" + "---|" * len(seeds)]

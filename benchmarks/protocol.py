@@ -45,7 +45,21 @@ FAST = {
     # dropout 0.4, nv 4, nh 8, batch 256 (the seed's untied BCE variant is --configuration default)
     "caser": {"tied": True, "T": 1, "embedding_dim": 64, "dropout": 0.4, "nv": 4, "nh": 8, "batch_size": 256},
 }
-CONFIGURATIONS = ("fast", "default")
+# The "tuned" configuration: each model's settings selected on *validation* MRR@10 by `pipelines.tune` over the
+# space in benchmarks/tuned/<model>.test (seed 1, the trial budget in benchmarks/tuned/README.md), on top of FAST;
+# the searches' tables are benchmarks/results/tune-<model>.md. A model without a search here runs as FAST.
+TUNED = {}
+CONFIGURATIONS = ("fast", "default", "tuned")
+
+
+def configuration_settings(configuration, model):
+    """The settings a named configuration applies to ``model`` on top of the protocol (``default``: none)."""
+    if configuration == "fast":
+        return dict(FAST.get(model, {}))
+    if configuration == "tuned":
+        return FAST.get(model, {}) | TUNED.get(model, {})
+    return {}
+AHEAD_MARGIN = 0.01  # issue #17: every model's mean test HR@10 and NDCG@10 >= RecBole's + 0.01
 NEXTITNET_TARGET_SPEEDUP = 10  # the issue: RecBole's 7-epoch test NDCG@10 in <= 1/10 of its training time
 
 

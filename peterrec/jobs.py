@@ -16,7 +16,7 @@ from peterrec.training import TrainConfig, locking
 
 JOB_CONFIG = "job_config.json"
 # Fields newer than some job_config.json files: a missing key there means this default (the run still resumes).
-ADDED_FIELDS = {"mixed_precision": False, "shuffle": "epoch"}
+ADDED_FIELDS = {"mixed_precision": False, "shuffle": "epoch", "lr_schedule": "constant", "warmup_epochs": 0.0, "weight_decay": 0.0}
 # Fields that may change between a run and its resumption without invalidating checkpoints.
 # (the data's identity is compared through the content-hashed TFRecord set name and the vocabulary hash,
 # not through the path it was given by)
@@ -35,6 +35,9 @@ class JobConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # "cosine": decay to 0 over the run's epochs (the originals: constant)
+    warmup_epochs: float = 0.0  # linear warm-up to learning_rate over this many epochs
+    weight_decay: float = 0.0  # > 0: AdamW (decoupled weight decay) instead of Adam
     patience: int = 3
     seed: int = 42
     jit_compile: bool = False
@@ -55,6 +58,9 @@ class JobConfig:
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.steps_per_execution >= 1, "steps_per_execution", f"must be >= 1, got {self.steps_per_execution}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", f"{self.lr_schedule!r} is not constant or cosine")
+        check(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(self.divergence_factor >= 0, "divergence_factor", f"must be >= 0 (0 = off), got {self.divergence_factor}")
         check(0.0 <= self.max_skipped_share <= 1.0, "max_skipped_share", f"must be in [0, 1], got {self.max_skipped_share}")
 

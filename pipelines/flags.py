@@ -133,6 +133,10 @@ def define_train_flags():
     flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas).", lower_bound=1)
     flags.DEFINE_integer("eval_batch_size", 256, "Batch size for evaluation.", lower_bound=1)
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (epsilon 1e-8 as in the original).", lower_bound=0.0)
+    flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                      "Learning-rate schedule: constant (the originals) or cosine decay to 0 over --epochs.")
+    flags.DEFINE_float("warmup_epochs", 0.0, "Linear learning-rate warm-up from 0 over this many epochs.", lower_bound=0.0)
+    flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay (0: Adam, as the originals).", lower_bound=0.0)
     flags.DEFINE_integer("max_len", 50, "Items of context per training window and evaluation row (each job checks its minimum).")
     flags.DEFINE_integer(
         "stride", 10, "Shift between training windows; each target keeps >= max_len - stride items of context.", lower_bound=1

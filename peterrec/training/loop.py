@@ -50,6 +50,43 @@ class TrainConfig:
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism(): bit-identical reruns and resumes
     divergence_factor: float = 5.0  # stop when the smoothed loss exceeds this multiple of its minimum (0 = off)
     optimizer_factory: Callable | None = None  # () -> Keras optimizer (built in the strategy scope); None: Adam(learning_rate, epsilon=1e-8)
+    lr_schedule: str = "constant"  # "constant" (the originals) or "cosine": decay to 0 over ``epochs`` epochs of steps
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to ``learning_rate`` over this many epochs of steps (then the schedule)
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay instead of Adam
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
+    """The optimizer's learning rate: a float for a constant rate without warm-up, else a Keras schedule over
+    ``config.epochs * steps_per_epoch`` steps (optimizer iterations, so a resumed run continues the same curve)."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {config.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.lr_schedule == "constant" and not warmup:
+        return config.learning_rate
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup), alpha=0.0,
+            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+        )
+    # constant after a linear warm-up: a piecewise schedule (0 -> lr over ``warmup`` steps, then lr)
+    return _WarmupConstant(config.learning_rate, warmup)
+
+
+@keras.saving.register_keras_serializable(package="peterrec")
+class _WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, learning_rate, warmup_steps):
+        self.learning_rate, self.warmup_steps = float(learning_rate), int(warmup_steps)
+
+    def __call__(self, step):
+        ramp = (tf.cast(step, tf.float32) + 1.0) / float(self.warmup_steps)
+        return self.learning_rate * tf.minimum(1.0, ramp)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
 @dataclasses.dataclass
@@ -127,7 +164,11 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             if config.optimizer_factory is not None:
                 self.optimizer = config.optimizer_factory()
             else:
-                self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-8)
+                rate = learning_rate_schedule(config, inputs.steps_per_epoch)
+                if config.weight_decay > 0:
+                    self.optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay, epsilon=1e-8)
+                else:
+                    self.optimizer = keras.optimizers.Adam(learning_rate=rate, epsilon=1e-8)
             if self.precision_policy == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         # --- end mixed precision
