@@ -201,3 +201,22 @@ def test_suite_timing_sums_each_files_setup_call_and_teardown():
     assert per_file == {"tests/test_a.py": 16.0, "tests/models/test_b.py": 2.0} and summary == (605, 20, 399.07)
     with pytest.raises(SystemExit, match="did the run finish"):
         test_suite.parse("\n".join(text.splitlines()[:-1]))
+
+
+def test_ahead_of_recbole_checks_and_tuned_settings(monkeypatch):
+    """Issue #17's checks: mean test HR@10 and NDCG@10 >= RecBole's + 0.01 within RecBole's train time; the tuned
+    configuration is FAST plus the model's TUNED entry (FAST alone for a model without a search)."""
+    from benchmarks import protocol
+
+    flops = {"train": 3_000_000, "forward": 1_000_000}
+    ref = protocol.REFERENCE["sasrec"]
+    runs = [fake_run("sasrec", 1, ref["hr@10"] + 0.011, ref["ndcg@10"] + 0.009, [30.0, 30.0], 2, flops)]
+    spec = benchmarking.BenchmarkSpec(models=["sasrec"], data="x/ml-100k/ml-100k.inter", seeds=(1,), configuration="tuned")
+    results = benchmarking.summarize(spec, runs, gemm=100.0, recbole={"skipped": "no"})
+    ahead = {c["check"].split(" ")[2]: c["ok"] for c in results["checks"] if "+ 0.01" in c["check"]}
+    assert ahead == {"HR@10": True, "NDCG@10": False}
+    assert spec.resolved_name() == "ml-100k-tuned"
+    monkeypatch.setitem(protocol.TUNED, "sasrec", {"learning_rate": 2e-3, "batch_size": 32})
+    assert protocol.configuration_settings("tuned", "sasrec") == {"batch_size": 32, "learning_rate": 2e-3}
+    assert protocol.configuration_settings("tuned", "caser") == protocol.FAST["caser"]
+    assert protocol.configuration_settings("default", "sasrec") == {}
