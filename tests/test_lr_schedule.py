@@ -12,7 +12,7 @@ import tensorflow as tf
 from peterrec.errors import ConfigError
 from peterrec.pretraining import PretrainConfig
 from peterrec.training import Trainer, TrainConfig
-from peterrec.training.loop import learning_rate_schedule
+from peterrec.training.schedules import learning_rate_schedule
 from tests.test_early_stopping import STEPS, _inputs, _Linear
 
 
