@@ -66,6 +66,8 @@ def configuration_settings(configuration, model):
     if configuration == "tuned":
         return FAST.get(model, {}) | TUNED.get(model, {})
     return {}
+
+
 AHEAD_MARGIN = 0.01  # issue #17: every model's mean test HR@10 and NDCG@10 >= RecBole's + 0.01
 NEXTITNET_TARGET_SPEEDUP = 10  # the issue: RecBole's 7-epoch test NDCG@10 in <= 1/10 of its training time
 

@@ -13,6 +13,7 @@ import numpy as np
 from peterrec import io
 from peterrec.errors import ConfigError, check  # noqa: F401  (check: re-exported)
 from peterrec.training import TrainConfig, locking
+from peterrec.training.schedules import LR_SCHEDULES
 
 JOB_CONFIG = "job_config.json"
 # Fields newer than some job_config.json files: a missing key there means this default (the run still resumes).
@@ -58,7 +59,7 @@ class JobConfig:
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.steps_per_execution >= 1, "steps_per_execution", f"must be >= 1, got {self.steps_per_execution}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", f"{self.lr_schedule!r} is not constant or cosine")
+        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"{self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         check(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(self.divergence_factor >= 0, "divergence_factor", f"must be >= 0 (0 = off), got {self.divergence_factor}")

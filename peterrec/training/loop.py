@@ -56,7 +56,6 @@ class TrainConfig:
     weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay instead of Adam
 
 
-
 @dataclasses.dataclass
 class TrainInputs:
     """Where the data comes from.
