@@ -269,16 +269,15 @@ def generated_row(record, *, max_len, beta, method, pad=True):
         held = record["targets"][1 : 1 + MAX_HELDOUT]
         return {ITEM_IDS: ids, LENGTHS: n, HELDOUT: tf.pad(held, [[0, MAX_HELDOUT - tf.size(held)]], constant_values=-1),
                 SAMPLER_TOP1: record["targets"][0]}
-    last = tf.one_hot(n - 1, tf.size(ids), dtype=tf.float32)
-    labels = tf.cast(last, tf.int32) * record["targets"][0]
-    return {ITEM_IDS: ids, LABELS: labels, SAMPLE_WEIGHT: last * beta}
+    return {ITEM_IDS: ids, LENGTHS: n, LABELS: record["targets"][0], SAMPLE_WEIGHT: tf.constant(beta, tf.float32)}
 
 
 def generated_batches(set_dir, *, max_len, beta, method, batch_size, steps, seed, epoch=0, skip_steps=0, input_context=None):
     """One epoch of ``steps`` batches of ``batch_size`` generated rows (shuffled with ``seed * 1000 + epoch``, repeated).
 
-    heuristic / learning rows: ``item_ids``, ``labels`` and ``sample_weight``
-    (``beta`` at the last real position only); ad rows: ``item_ids``,
+    heuristic / learning rows: ``item_ids``, ``lengths``, ``labels`` (the
+    sampler's label of the last position) and ``sample_weight`` (``beta``),
+    trained at the last real position only; ad rows: ``item_ids``,
     ``lengths``, ``heldout`` and ``sampler_top1`` (the frozen sampler's
     top-1 on the original prefix, computed once in stage 2). A batch holds
     prefixes of similar length (buckets of :data:`LENGTH_BUCKET` items) padded

@@ -87,12 +87,12 @@ class CounterfactualTask(Task):
             generated = batch[GENERATED]
             if self.adversarial:
                 generated = self.adversarial_batch(generated)
-            total += self.anchor.loss_sum(generated, training=training, static_shapes=static_shapes)
+            total += self.anchor.last_loss_sum(generated, training=training)
         return total
 
     def adversarial_batch(self, rows):
-        """Counterfactual training rows (labels, weight ``beta`` at the last position) from original prefixes."""
-        size, width = tf.shape(rows[ITEM_IDS])[0], tf.shape(rows[ITEM_IDS])[1]
+        """Counterfactual training rows (one label and weight ``beta`` each, at the last position) from original prefixes."""
+        size = tf.shape(rows[ITEM_IDS])[0]
         uniforms = keras.random.uniform((size, self.intervention.uniforms), seed=self.ad_seed)
         item_ids, labels, flipped = counterfactual.adversarial_samples(
             self.anchor, self.sampler, rows[ITEM_IDS], rows[LENGTHS], rows[counterfactual.HELDOUT], uniforms, self.intervention,
@@ -100,8 +100,7 @@ class CounterfactualTask(Task):
         )
         self.ad_generated.assign_add(tf.cast(size, tf.float32))
         self.ad_flipped.assign_add(tf.reduce_sum(tf.cast(flipped, tf.float32)))
-        last = tf.one_hot(tf.cast(rows[LENGTHS], tf.int32) - 1, width, dtype=tf.float32)
-        return {ITEM_IDS: item_ids, LABELS: tf.cast(last, tf.int32) * labels[:, None], SAMPLE_WEIGHT: last * self.beta}
+        return {ITEM_IDS: item_ids, LENGTHS: rows[LENGTHS], LABELS: labels, SAMPLE_WEIGHT: tf.fill([size], self.beta)}
 
     def uses_candidate_sampler(self):
         return self.anchor.uses_candidate_sampler()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from peterrec.features import PAD_ID
@@ -20,6 +21,23 @@ from peterrec.features import PAD_ID
 def padding_mask(item_ids, dtype="float32"):
     """``[B, L, 1]``: 1.0 at real items, 0.0 at ``PAD_ID``."""
     return ops.expand_dims(ops.cast(ops.not_equal(item_ids, PAD_ID), dtype), -1)
+
+
+def last_positions(lengths):
+    """``[B]`` int32: the last real position ``lengths - 1`` of each right-padded row (0 for an empty row)."""
+    return ops.maximum(ops.cast(lengths, "int32") - 1, 0)
+
+
+def gather_last(states, lengths):
+    """``states [B, L, ...]`` at each row's last real position: ``[B, ...]``."""
+    return tf.gather(states, last_positions(lengths), axis=1, batch_dims=1)
+
+
+def up_to_last_mask(item_ids, lengths, dtype="float32"):
+    """``[B, J]``: 1.0 where key position ``j <= lengths - 1`` holds a real item (the prefix the last position sees)."""
+    positions = ops.arange(ops.shape(item_ids)[1])
+    causal = ops.expand_dims(positions, 0) <= ops.expand_dims(last_positions(lengths), 1)
+    return ops.cast(ops.logical_and(causal, ops.not_equal(item_ids, PAD_ID)), dtype)
 
 
 def prefix_mask(item_ids, dtype="float32"):
@@ -76,6 +94,15 @@ class ZooBackbone(keras.Model):
             setattr(self, key, value)
         self.output_dim = self.embedding_dim
         self.item_embedding = item_embedding
+
+    def last_hidden(self, item_ids, lengths, training=None):
+        """Hidden states ``[B, C]`` at each row's last real position (``lengths - 1``): what next-item scoring ranks.
+
+        Equals gathering ``self(item_ids)`` there; NARM and STAMP override it
+        to compute their attention for that one query instead of every prefix
+        (generation, evaluation and serving score only the last position).
+        """
+        return gather_last(self(item_ids, training=training), lengths)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **{key: getattr(self, key) for key in self.CONFIG_KEYS}}

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from peterrec.features import PAD_ID
-from peterrec.models.base import ZooBackbone, normal, padding_mask, prefix_mask
+from peterrec.models.base import ZooBackbone, gather_last, normal, padding_mask, prefix_mask, up_to_last_mask
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
@@ -47,6 +47,15 @@ class STAMPAttention(keras.layers.Layer):
         gates = ops.sigmoid(ops.expand_dims(self.w1(x), 1) + ops.expand_dims(query, 2))  # [B, T, I, D]
         alpha = ops.squeeze(self.w0(gates), -1) * prefix_mask(item_ids, x.dtype)  # [B, T, I]
         return ops.matmul(alpha, x) + m_s
+
+    def last(self, x, item_ids, lengths):
+        """``m_a`` of the last real position only, ``[B, D]``: ``call(...)`` gathered at ``lengths - 1``."""
+        prefix = up_to_last_mask(item_ids, lengths, x.dtype)  # [B, I]
+        m_s = ops.sum(x * ops.expand_dims(prefix, -1), axis=1) / ops.maximum(ops.sum(prefix, axis=1, keepdims=True), 1.0)
+        query = self.w2(gather_last(x, lengths)) + self.w3(m_s) + self.b_a  # [B, D]
+        gates = ops.sigmoid(self.w1(x) + ops.expand_dims(query, 1))  # [B, I, D]
+        alpha = ops.squeeze(self.w0(gates), -1) * prefix  # [B, I]
+        return ops.squeeze(ops.matmul(ops.expand_dims(alpha, 1), x), 1) + m_s
 
     def compute_output_shape(self, x_shape, item_ids_shape=None):
         return x_shape
@@ -95,3 +104,11 @@ class STAMPBackbone(ZooBackbone):
         self.vocabulary_size = int(vocabulary_size)
         self.embedding_dim = self.output_dim = int(embedding_dim)
         self.item_embedding = embedding
+
+    def last_hidden(self, item_ids, lengths, training=None):
+        """The output at ``lengths - 1`` only (one attention query instead of one per prefix)."""
+        x = self.item_embedding(item_ids)
+        x = x * padding_mask(item_ids, x.dtype)
+        x_t = gather_last(x, lengths)
+        out = self.get_layer("mlp_a")(self.get_layer("attention").last(x, item_ids, lengths)) * self.get_layer("mlp_b")(x_t)
+        return out * gather_last(padding_mask(item_ids, out.dtype), lengths)

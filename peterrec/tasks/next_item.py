@@ -9,6 +9,7 @@ from keras import ops
 from peterrec import losses
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
 from peterrec.layers.initializers import conv_initializer
+from peterrec.models.base import gather_last
 from peterrec.tasks.base import Task
 
 LOSSES = ("full_softmax", "sampled_softmax", *losses.PAIRWISE)
@@ -87,6 +88,7 @@ class NextItemTask(Task):
             self.num_sampled = max(1, int(self.sampled_fraction * vocab))
         if loss in losses.PAIRWISE:
             self.negative_seed = keras.random.SeedGenerator(name="negative_seed")
+        self.built = True  # every weight exists now (the backbone is a built functional model)
 
     @property
     def item_table(self):
@@ -127,6 +129,21 @@ class NextItemTask(Task):
         if not static_shapes:
             keep = weights > 0
             hidden, labels, weights = tf.boolean_mask(hidden, keep), tf.boolean_mask(labels, keep), tf.boolean_mask(weights, keep)
+        return self.hidden_loss_sum(hidden, labels, weights)
+
+    def last_loss_sum(self, batch, training=True):
+        """Sum of weighted losses of rows with one target each, at their last real position: ``item_ids [B, L]``,
+        ``lengths``, ``labels`` and ``sample_weight`` ``[B]`` (CASR's generated samples). Equals :meth:`loss_sum` with
+        the label and weight placed at ``lengths - 1``; a backbone with ``last_hidden`` computes that position only."""
+        lengths = batch[LENGTHS]
+        if hasattr(self.backbone, "last_hidden"):
+            hidden = self.backbone.last_hidden(batch[ITEM_IDS], lengths, training=training)
+        else:
+            hidden = gather_last(self(batch[ITEM_IDS], training=training), lengths)
+        return self.hidden_loss_sum(hidden, batch[LABELS], tf.cast(batch[SAMPLE_WEIGHT], tf.float32))
+
+    def hidden_loss_sum(self, hidden, labels, weights):
+        """Sum of the losses of hidden states ``[..., C]`` with their next items and weights ``[...]``."""
         if self.loss_name == "full_softmax":
             return losses.weighted_softmax_ce_sum(self.logits(hidden), labels, weights)
         if self.loss_name == "sampled_softmax":
@@ -145,10 +162,14 @@ class NextItemTask(Task):
         return self.loss_name == "sampled_softmax"
 
     def score_last(self, item_ids, lengths, training=False):
-        """Logits ``[batch, V]`` at the last real position of each (right-padded) row."""
-        hidden = self(item_ids, training=training)
-        last = tf.gather(hidden, tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), axis=1, batch_dims=1)
-        return self.logits(last)
+        """Logits ``[batch, V]`` at the last real position of each (right-padded) row.
+
+        A backbone with ``last_hidden`` (the zoo's) computes that position only; otherwise
+        (NextItNet) the full forward pass is gathered there.
+        """
+        if hasattr(self.backbone, "last_hidden"):
+            return self.logits(self.backbone.last_hidden(item_ids, lengths, training=training))
+        return self.logits(gather_last(self(item_ids, training=training), lengths))
 
     def eval_scores(self, batch):
         return self.score_last(batch[ITEM_IDS], batch[LENGTHS])

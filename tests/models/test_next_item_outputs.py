@@ -127,3 +127,20 @@ def test_full_softmax_loss_under_xla_equals_eager():
     eager = float(task.loss_sum(batch, training=False))
     compiled = tf.function(lambda b: task.loss_sum(b, training=False, static_shapes=True), jit_compile=True)
     assert float(compiled(batch)) == pytest.approx(eager, rel=1e-5)
+
+
+@pytest.mark.parametrize("backbone, output", [("stamp", "tied"), ("sasrec", "tied"), ("nextitnet", "dense")])
+@pytest.mark.parametrize("loss", ["full_softmax", "bpr"])
+def test_last_loss_sum_equals_loss_sum_with_the_target_at_the_last_position(monkeypatch, backbone, output, loss):
+    """CASR's generated rows carry one target each: ``last_loss_sum`` (the last position only) is the
+    ``loss_sum`` of the same rows with the label and weight placed at ``lengths - 1``."""
+    fixed = lambda labels, vocabulary_size, seed=None: (tf.cast(labels, tf.int32) - 4 + 3) % (V - 4) + 4  # noqa: E731
+    monkeypatch.setattr(losses, "uniform_negatives", fixed)
+    task = _task(backbone, loss=loss, output=output)
+    ids = tf.constant([[5, 6, 7, 0], [8, 9, 0, 0], [12, 13, 14, 15]], tf.int32)
+    lengths, labels, weights = tf.constant([3, 2, 4]), tf.constant([10, 11, 17]), tf.constant([0.5, 0.5, 2.0])
+    at_last = tf.one_hot(lengths - 1, 4)
+    placed = {ITEM_IDS: ids, LABELS: tf.cast(at_last, tf.int32) * labels[:, None], SAMPLE_WEIGHT: at_last * weights[:, None]}
+    expected = float(task.loss_sum(placed, training=False))
+    got = float(task.last_loss_sum({ITEM_IDS: ids, "lengths": lengths, LABELS: labels, SAMPLE_WEIGHT: weights}, training=False))
+    assert got == pytest.approx(expected, rel=1e-5)

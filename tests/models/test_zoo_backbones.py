@@ -75,6 +75,28 @@ def test_right_padding_never_changes_real_positions(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_last_hidden_equals_the_full_forward_at_the_last_real_position(name):
+    """``last_hidden`` (one attention query in NARM/STAMP) is the full forward pass gathered at ``lengths - 1``,
+    in value and in its gradient, for full, partial, one-item and empty rows."""
+    import tensorflow as tf
+
+    backbone = _backbone(name)
+    lengths = np.array([L, 7, 1, 0, 3], "int32")
+    x = _rows(lengths, seed=3)
+    with tf.GradientTape(persistent=True) as tape:
+        full = backbone(x)
+        gathered = tf.gather(full, np.maximum(lengths - 1, 0), axis=1, batch_dims=1)
+        last = backbone.last_hidden(x, lengths)
+        probe = tf.random.stateless_normal(last.shape, seed=[4, 5])
+        loss_full, loss_last = tf.reduce_sum(gathered * probe), tf.reduce_sum(last * probe)
+    assert tuple(last.shape) == (len(lengths), D)
+    np.testing.assert_allclose(last.numpy(), gathered.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(last.numpy()[3] == 0.0)  # an empty row scores from a zero state, as the full forward pass
+    for g_full, g_last in zip(tape.gradient(loss_full, backbone.trainable_weights), tape.gradient(loss_last, backbone.trainable_weights)):
+        np.testing.assert_allclose(tf.convert_to_tensor(g_last).numpy(), tf.convert_to_tensor(g_full).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_config_round_trip_rebuilds_the_same_function(name):
     backbone = _backbone(name)
     config = keras.saving.serialize_keras_object(backbone)
