@@ -113,10 +113,11 @@ def main():
     return 0
 
 
-def _cell(run, timeout):
+def _cell(run):
     if run is None:
         return "—"
-    return f"{run['seconds']:.0f}" if run["finished"] else (f"> {timeout:.0f} (stopped)" if run["rc"] is None else f"failed (rc {run['rc']})")
+    # a stopped run reports the time it had when stopped (the --timeout of the run that timed it)
+    return f"{run['seconds']:.0f}" if run["finished"] else (f"> {run['seconds']:.0f} (stopped)" if run["rc"] is None else f"failed (rc {run['rc']})")
 
 
 def write_results(args, revisions):
@@ -143,7 +144,7 @@ def write_results(args, revisions):
             speedup = f"{'≥ ' if not before['finished'] else ''}{before['seconds'] / after['seconds']:.1f}×"
         command = (after or before)["command"].replace(f"{args.work_dir}/", "").replace(f"/{last['commit']}/", "/")
         lines.append(
-            f"| `{command}` | {_cell(before, args.timeout) if first is not last else '—'} | {_cell(after, args.timeout)} | {speedup} | "
+            f"| `{command}` | {_cell(before) if first is not last else '—'} | {_cell(after)} | {speedup} | "
             f"{fmt((before or {}).get('test_hr@10')) if first is not last else '—'} | {fmt((after or {}).get('test_hr@10'))} | "
             f"{fmt((after or before or {}).get('popularity_hr@10'))} | {fmt((after or {}).get('test_auc'))} |"
         )
