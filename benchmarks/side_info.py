@@ -47,6 +47,9 @@ def main():
     parser.add_argument("--miir_dropout", type=float, default=None, help="default: MIIRConfig's")
     parser.add_argument("--patience", type=int, default=3, help="early stopping on validation (the same budget with and without MII)")
     parser.add_argument("--name", default="side_info")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of benchmarks/results/<name>.json whose run this invocation does not produce "
+                             "(e.g. add --discards 0 to a finished --discards 0.5 table)")
     args = parser.parse_args()
     if not (os.path.isfile(args.data) and os.path.isfile(args.item_data)):
         print(f"{args.data} or {args.item_data} is absent: nothing to do")
@@ -58,6 +61,7 @@ def main():
     tfrecord_dir = os.path.join(args.out_dir, "tfrecords")
     miir_knobs = dict(learning_rate=args.miir_learning_rate, **({} if args.miir_dropout is None else {"dropout": args.miir_dropout}))
     rows = []
+    kept = _kept_rows(args) if args.merge else []
 
     def run(seed, name, model, variant, job):
         """One job, reused from <out_dir>/seed<k>/<name>/metrics.json when it finished before."""
@@ -86,7 +90,28 @@ def main():
                           lambda d: run_miir(MIIRConfig(model_dir=d, stage="mii", epochs=args.mii_epochs, **settings)))
             run(seed, f"miir_mii{suffix}", "MIIR", f"MII pretraining + finetuning, discard {discard:.0%}",
                 lambda d: run_miir(MIIRConfig(model_dir=d, epochs=args.miir_epochs, pretrained=pre_dir, **settings)))
-        write(args, rows)  # after every seed: the tables so far
+        write(args, _merged(kept, rows))  # after every seed: the tables so far
+
+
+def _kept_rows(args):
+    """The rows of an earlier results file of this name (empty when there is none)."""
+    path = os.path.join(RESULTS, f"{args.name}.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def _discards(rows):
+    """The discard shares the MIIR rows hold, as --discards spells them (rows of several --merge runs)."""
+    shares = {r["run"].partition("_discard")[2] or "0" for r in rows if r["model"].startswith("MIIR")}
+    return ",".join(sorted(shares, key=float))
+
+
+def _merged(kept, rows):
+    """Earlier rows whose run this invocation does not produce, then this invocation's rows."""
+    fresh = {r["run"] for r in rows}
+    return [r for r in kept if r["run"] not in fresh] + rows
 
 
 def _summary(metrics):
@@ -119,7 +144,7 @@ def write(args, rows):
     lines = [
         f"# {args.name}: ATRank and MIIR on ml-100k (genres as the categorical field), {len(seeds)} seeds",
         "",
-        f"`python benchmarks/side_info.py --seeds {args.seeds} --discards {args.discards} --miir_epochs {args.miir_epochs} --mii_epochs {args.mii_epochs} "
+        f"`python benchmarks/side_info.py --seeds {args.seeds} --discards {_discards(rows) or args.discards} --miir_epochs {args.miir_epochs} --mii_epochs {args.mii_epochs} "
         f"--patience {args.patience}{f' --atrank_epochs {args.atrank_epochs}' if args.atrank_epochs else ''}"
         f"{f' --atrank_adam_epochs {args.atrank_adam_epochs}' if args.atrank_adam_epochs else ''}` on {os.cpu_count()} CPU cores. "
         f"Leave-one-out split, 943 test users; every job stops after {args.patience} epochs without a better validation score and exports "

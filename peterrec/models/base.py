@@ -33,11 +33,17 @@ def gather_last(states, lengths):
     return tf.gather(states, last_positions(lengths), axis=1, batch_dims=1)
 
 
-def up_to_last_mask(item_ids, lengths, dtype="float32"):
-    """``[B, J]``: 1.0 where key position ``j <= lengths - 1`` holds a real item (the prefix the last position sees)."""
+def last_index(lengths):
+    """``[B, 2]`` int32 ``(row, lengths - 1)``: every row's last real position, as :meth:`ZooBackbone.hidden_at` takes it."""
+    positions = last_positions(lengths)
+    return tf.stack([tf.range(tf.shape(positions)[0], dtype=positions.dtype), positions], axis=1)
+
+
+def query_prefix_mask(item_ids, index, dtype="float32"):
+    """``[N, J]``: 1.0 where key position ``j <= t`` of row ``b`` holds a real item, for each query ``(b, t)`` of ``index [N, 2]``."""
     positions = ops.arange(ops.shape(item_ids)[1])
-    causal = ops.expand_dims(positions, 0) <= ops.expand_dims(last_positions(lengths), 1)
-    return ops.cast(ops.logical_and(causal, ops.not_equal(item_ids, PAD_ID)), dtype)
+    causal = ops.expand_dims(positions, 0) <= ops.expand_dims(ops.cast(index[:, 1], positions.dtype), 1)
+    return ops.cast(ops.logical_and(causal, ops.not_equal(tf.gather(item_ids, index[:, 0]), PAD_ID)), dtype)
 
 
 def prefix_mask(item_ids, dtype="float32"):
@@ -95,14 +101,18 @@ class ZooBackbone(keras.Model):
         self.output_dim = self.embedding_dim
         self.item_embedding = item_embedding
 
-    def last_hidden(self, item_ids, lengths, training=None):
-        """Hidden states ``[B, C]`` at each row's last real position (``lengths - 1``): what next-item scoring ranks.
+    def hidden_at(self, item_ids, index, training=None):
+        """Hidden states ``[N, C]`` at the positions ``index [N, 2]`` (``(row, position)`` pairs, int32 or int64).
 
-        Equals gathering ``self(item_ids)`` there; NARM and STAMP override it
-        to compute their attention for that one query instead of every prefix
-        (generation, evaluation and serving score only the last position).
+        Equals ``tf.gather_nd(self(item_ids), index)``; NARM and STAMP override it
+        to compute their all-prefix attention for these queries only (training
+        asks for the positions that carry loss, scoring for the last one).
         """
-        return gather_last(self(item_ids, training=training), lengths)
+        return tf.gather_nd(self(item_ids, training=training), index)
+
+    def last_hidden(self, item_ids, lengths, training=None):
+        """Hidden states ``[B, C]`` at each row's last real position (``lengths - 1``): what next-item scoring ranks."""
+        return self.hidden_at(item_ids, last_index(lengths), training=training)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **{key: getattr(self, key) for key in self.CONFIG_KEYS}}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from peterrec.models.base import ZooBackbone, gather_last, padding_mask, prefix_mask, up_to_last_mask, xavier_normal
+import tensorflow as tf
+
+from peterrec.models.base import ZooBackbone, padding_mask, prefix_mask, query_prefix_mask, xavier_normal
 from peterrec.models.gru4rec import encode, gru_layers
 
 
@@ -47,12 +49,13 @@ class NARMAttention(keras.layers.Layer):
         alpha = ops.squeeze(self.v_t(gates), -1) * prefix_mask(item_ids, hidden.dtype)  # [B, T, J]
         return ops.matmul(alpha, hidden)
 
-    def last(self, hidden, item_ids, lengths):
-        """``c_local`` of the last real position only, ``[B, H]``: ``call(...)`` gathered at ``lengths - 1``."""
-        query = self.a_2(gather_last(hidden, lengths))  # [B, H]
-        gates = ops.sigmoid(self.a_1(hidden) + ops.expand_dims(query, 1))  # [B, J, H]
-        alpha = ops.squeeze(self.v_t(gates), -1) * up_to_last_mask(item_ids, lengths, hidden.dtype)  # [B, J]
-        return ops.squeeze(ops.matmul(ops.expand_dims(alpha, 1), hidden), 1)
+    def at(self, hidden, item_ids, index):
+        """``c_local`` of the queries ``index [N, 2]`` (``(row, position)``) only, ``[N, H]``: ``call(...)`` gathered there."""
+        rows = index[:, 0]
+        query = self.a_2(tf.gather_nd(hidden, index))  # [N, H]
+        gates = ops.sigmoid(tf.gather(self.a_1(hidden), rows) + ops.expand_dims(query, 1))  # [N, J, H]
+        alpha = ops.squeeze(self.v_t(gates), -1) * query_prefix_mask(item_ids, index, hidden.dtype)  # [N, J]
+        return tf.einsum("nj,njh->nh", alpha, tf.gather(hidden, rows))
 
     def compute_output_shape(self, hidden_shape, item_ids_shape=None):
         return hidden_shape
@@ -110,12 +113,12 @@ class NARMBackbone(ZooBackbone):
         self.keep_config(embedding, vocabulary_size=int(vocabulary_size), embedding_dim=int(embedding_dim), hidden_size=int(hidden_size),
                          num_layers=int(num_layers), embedding_dropout=float(embedding_dropout), hidden_dropout=float(hidden_dropout))
 
-    def last_hidden(self, item_ids, lengths, training=None):
-        """The output at ``lengths - 1`` only (the GRU still runs over the row; the attention has one query)."""
+    def hidden_at(self, item_ids, index, training=None):
+        """The outputs at ``index [N, 2]`` only (the GRU still runs over every row; the attention has N queries)."""
         x = self.item_embedding(item_ids)
         h = self.get_layer("embedding_dropout")(x * padding_mask(item_ids, x.dtype), training=training)
         for i in range(self.num_layers):
             h = self.get_layer(f"gru_{i}")(h, training=training)
-        context = ops.concatenate([self.get_layer("attention").last(h, item_ids, lengths), gather_last(h, lengths)], axis=-1)
+        context = ops.concatenate([self.get_layer("attention").at(h, item_ids, index), tf.gather_nd(h, index)], axis=-1)
         out = self.get_layer("projection")(self.get_layer("context_dropout")(context, training=training))
-        return out * gather_last(padding_mask(item_ids, out.dtype), lengths)
+        return out * tf.gather_nd(padding_mask(item_ids, out.dtype), index)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from peterrec.features import PAD_ID
-from peterrec.models.base import ZooBackbone, gather_last, normal, padding_mask, prefix_mask, up_to_last_mask
+from peterrec.models.base import ZooBackbone, normal, padding_mask, prefix_mask, query_prefix_mask
 
 
 @keras.saving.register_keras_serializable(package="peterrec")
@@ -39,23 +40,28 @@ class STAMPAttention(keras.layers.Layer):
         self.b_a = self.add_weight(shape=(self.embedding_dim,), initializer="zeros", name="b_a")
         self.built = True
 
-    def call(self, x, item_ids):
+    @staticmethod
+    def memory(x, item_ids):
+        """``m_s [B, T, D]``: the mean of the real item embeddings ``x_i``, ``i <= t``."""
         real = ops.cast(ops.not_equal(item_ids, PAD_ID), x.dtype)
         counts = ops.maximum(ops.cumsum(real, axis=1), 1.0)
-        m_s = ops.cumsum(x, axis=1) / ops.expand_dims(counts, -1)  # [B, T, D]
+        return ops.cumsum(x, axis=1) / ops.expand_dims(counts, -1)
+
+    def call(self, x, item_ids):
+        m_s = self.memory(x, item_ids)  # [B, T, D]
         query = self.w2(x) + self.w3(m_s) + self.b_a  # [B, T, D]
         gates = ops.sigmoid(ops.expand_dims(self.w1(x), 1) + ops.expand_dims(query, 2))  # [B, T, I, D]
         alpha = ops.squeeze(self.w0(gates), -1) * prefix_mask(item_ids, x.dtype)  # [B, T, I]
         return ops.matmul(alpha, x) + m_s
 
-    def last(self, x, item_ids, lengths):
-        """``m_a`` of the last real position only, ``[B, D]``: ``call(...)`` gathered at ``lengths - 1``."""
-        prefix = up_to_last_mask(item_ids, lengths, x.dtype)  # [B, I]
-        m_s = ops.sum(x * ops.expand_dims(prefix, -1), axis=1) / ops.maximum(ops.sum(prefix, axis=1, keepdims=True), 1.0)
-        query = self.w2(gather_last(x, lengths)) + self.w3(m_s) + self.b_a  # [B, D]
-        gates = ops.sigmoid(self.w1(x) + ops.expand_dims(query, 1))  # [B, I, D]
-        alpha = ops.squeeze(self.w0(gates), -1) * prefix  # [B, I]
-        return ops.squeeze(ops.matmul(ops.expand_dims(alpha, 1), x), 1) + m_s
+    def at(self, x, item_ids, index):
+        """``m_a`` of the queries ``index [N, 2]`` (``(row, position)``) only, ``[N, D]``: ``call(...)`` gathered there."""
+        rows = index[:, 0]
+        m_s = tf.gather_nd(self.memory(x, item_ids), index)  # [N, D]
+        query = self.w2(tf.gather_nd(x, index)) + self.w3(m_s) + self.b_a  # [N, D]
+        gates = ops.sigmoid(tf.gather(self.w1(x), rows) + ops.expand_dims(query, 1))  # [N, I, D]
+        alpha = ops.squeeze(self.w0(gates), -1) * query_prefix_mask(item_ids, index, x.dtype)  # [N, I]
+        return tf.einsum("ni,nid->nd", alpha, tf.gather(x, rows)) + m_s
 
     def compute_output_shape(self, x_shape, item_ids_shape=None):
         return x_shape
@@ -105,10 +111,10 @@ class STAMPBackbone(ZooBackbone):
         self.embedding_dim = self.output_dim = int(embedding_dim)
         self.item_embedding = embedding
 
-    def last_hidden(self, item_ids, lengths, training=None):
-        """The output at ``lengths - 1`` only (one attention query instead of one per prefix)."""
+    def hidden_at(self, item_ids, index, training=None):
+        """The outputs at ``index [N, 2]`` only (N attention queries instead of one per prefix)."""
         x = self.item_embedding(item_ids)
-        x = x * padding_mask(item_ids, x.dtype)
-        x_t = gather_last(x, lengths)
-        out = self.get_layer("mlp_a")(self.get_layer("attention").last(x, item_ids, lengths)) * self.get_layer("mlp_b")(x_t)
-        return out * gather_last(padding_mask(item_ids, out.dtype), lengths)
+        mask = padding_mask(item_ids, x.dtype)
+        x = x * mask
+        out = self.get_layer("mlp_a")(self.get_layer("attention").at(x, item_ids, index)) * self.get_layer("mlp_b")(tf.gather_nd(x, index))
+        return out * tf.gather_nd(mask, index)

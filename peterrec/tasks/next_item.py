@@ -123,13 +123,18 @@ class NextItemTask(Task):
 
     def loss_sum(self, batch, training=True, static_shapes=False):
         """Sum of weighted losses. Only positions with weight > 0 reach the output
-        layer (its matmul dominates the cost) unless ``static_shapes`` (XLA)."""
-        hidden = self(batch[ITEM_IDS], training=training)
+        layer (its matmul dominates the cost) unless ``static_shapes`` (XLA); a
+        backbone with ``hidden_at`` (the zoo's) computes those positions only
+        (NARM and STAMP: their all-prefix attention for those queries)."""
         labels, weights = batch[LABELS], batch[SAMPLE_WEIGHT]
-        if not static_shapes:
-            keep = weights > 0
-            hidden, labels, weights = tf.boolean_mask(hidden, keep), tf.boolean_mask(labels, keep), tf.boolean_mask(weights, keep)
-        return self.hidden_loss_sum(hidden, labels, weights)
+        if static_shapes:
+            return self.hidden_loss_sum(self(batch[ITEM_IDS], training=training), labels, weights)
+        index = tf.where(weights > 0)  # [N, 2] (row, position), row-major as boolean_mask
+        if hasattr(self.backbone, "hidden_at"):
+            hidden = self.backbone.hidden_at(batch[ITEM_IDS], index, training=training)
+        else:
+            hidden = tf.gather_nd(self(batch[ITEM_IDS], training=training), index)
+        return self.hidden_loss_sum(hidden, tf.gather_nd(labels, index), tf.gather_nd(weights, index))
 
     def last_loss_sum(self, batch, training=True):
         """Sum of weighted losses of rows with one target each, at their last real position: ``item_ids [B, L]``,

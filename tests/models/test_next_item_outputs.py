@@ -121,6 +121,16 @@ def test_every_loss_trains_the_tied_output(loss):
     assert task.uses_candidate_sampler() == (loss == "sampled_softmax")
 
 
+@pytest.mark.parametrize("backbone", ["narm", "stamp"])
+def test_loss_at_the_weighted_positions_only_equals_the_full_forward_loss(backbone):
+    """NARM/STAMP's loss_sum computes the attention for the positions with weight > 0 only (``hidden_at``);
+    the loss is the one of the full forward pass (``static_shapes``: every position, weights 0 elsewhere)."""
+    task = _task(backbone, output="tied")
+    batch = _batch()
+    assert float(tf.reduce_min(batch[SAMPLE_WEIGHT])) == 0.0  # some positions carry no loss
+    assert float(task.loss_sum(batch, training=False)) == pytest.approx(float(task.loss_sum(batch, training=False, static_shapes=True)), rel=1e-5)
+
+
 def test_full_softmax_loss_under_xla_equals_eager():
     task = _task("sasrec", output="tied")
     batch = _batch()

@@ -97,6 +97,27 @@ def test_last_hidden_equals_the_full_forward_at_the_last_real_position(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_hidden_at_equals_the_full_forward_at_the_given_positions(name):
+    """``hidden_at`` (NARM/STAMP: attention for the given queries only, what training asks for at the positions
+    with loss) is the full forward pass gathered at ``(row, position)`` pairs, in value and gradient."""
+    import tensorflow as tf
+
+    backbone = _backbone(name)
+    lengths = np.array([L, 7, 1, 3], "int32")
+    x = _rows(lengths, seed=5)
+    index = tf.constant([[0, 0], [0, 4], [0, L - 1], [1, 2], [1, 6], [2, 0], [3, 1], [3, 2]], tf.int64)
+    with tf.GradientTape(persistent=True) as tape:
+        gathered = tf.gather_nd(backbone(x), index)
+        at = backbone.hidden_at(x, index)
+        probe = tf.random.stateless_normal(at.shape, seed=[6, 7])
+        loss_full, loss_at = tf.reduce_sum(gathered * probe), tf.reduce_sum(at * probe)
+    assert tuple(at.shape) == (len(index), D)
+    np.testing.assert_allclose(at.numpy(), gathered.numpy(), rtol=1e-5, atol=1e-6)
+    for g_full, g_at in zip(tape.gradient(loss_full, backbone.trainable_weights), tape.gradient(loss_at, backbone.trainable_weights)):
+        np.testing.assert_allclose(tf.convert_to_tensor(g_at).numpy(), tf.convert_to_tensor(g_full).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_config_round_trip_rebuilds_the_same_function(name):
     backbone = _backbone(name)
     config = keras.saving.serialize_keras_object(backbone)
