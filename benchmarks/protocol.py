@@ -120,6 +120,17 @@ def verdict(mean, se, control_mean=None):
     return f"no effect (|Δ| < 2 SE{', ' + size.strip(' ()') if size else ''})"
 
 
+def previous_results(name, key=None):
+    """What an earlier invocation wrote to ``benchmarks/results/<name>.json`` (``[key]`` of it), or ``[]`` when absent:
+    the rows a benchmark keeps beside the ones it runs again."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        payload = json.load(f)
+    return payload if key is None else payload[key]
+
+
 def write_markdown(lines, name, *, echo=False):
     """Write ``lines`` to ``benchmarks/results/<name>.md`` (and print them with ``echo``); returns the path."""
     path = os.path.join(RESULTS, f"{name}.md")

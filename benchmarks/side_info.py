@@ -24,7 +24,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.protocol import RESULTS, cached_job, fmt, mean_sd, paired, verdict, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, cached_job, fmt, mean_sd, paired, previous_results, verdict, write_markdown  # noqa: E402
 ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
 
 
@@ -61,7 +61,7 @@ def main():
     tfrecord_dir = os.path.join(args.out_dir, "tfrecords")
     miir_knobs = dict(learning_rate=args.miir_learning_rate, **({} if args.miir_dropout is None else {"dropout": args.miir_dropout}))
     rows = []
-    kept = _kept_rows(args) if args.merge else []
+    kept = previous_results(args.name, "rows") if args.merge else []
 
     def run(seed, name, model, variant, job):
         """One job, reused from <out_dir>/seed<k>/<name>/metrics.json when it finished before."""
@@ -91,15 +91,6 @@ def main():
             run(seed, f"miir_mii{suffix}", "MIIR", f"MII pretraining + finetuning, discard {discard:.0%}",
                 lambda d: run_miir(MIIRConfig(model_dir=d, epochs=args.miir_epochs, pretrained=pre_dir, **settings)))
         write(args, _merged(kept, rows))  # after every seed: the tables so far
-
-
-def _kept_rows(args):
-    """The rows of an earlier results file of this name (empty when there is none)."""
-    path = os.path.join(RESULTS, f"{args.name}.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return json.load(f)["rows"]
 
 
 def _discards(rows):

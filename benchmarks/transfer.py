@@ -21,7 +21,7 @@ import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks.*
 
-from benchmarks.protocol import RESULTS, fmt, mean_sd, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, fmt, mean_sd, previous_results, write_markdown  # noqa: E402
 from peterrec import finetuning, pretraining  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,11 +121,7 @@ def main():
 
 
 def previous_records(name, backbones):
-    path = os.path.join(RESULTS, f"{name}.json")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [r for r in json.load(f) if r["backbone"] not in backbones]
+    return [r for r in previous_results(name) if r["backbone"] not in backbones]
 
 
 def write_results(raw, args, quiet=False):

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import bag_of_items  # noqa: E402
 import ml100k_tasks  # noqa: E402
-from benchmarks.protocol import RESULTS, fmt, mean_sd, write_markdown  # noqa: E402
+from benchmarks.protocol import RESULTS, fmt, mean_sd, previous_results, write_markdown  # noqa: E402
 from transfer import MODE_ORDER, VARIANT_OPTIONS, label, load_or_run, variants  # noqa: E402
 
 from peterrec import finetuning, pretraining, training  # noqa: E402
@@ -94,7 +94,7 @@ def main():
     args = parser.parse_args()
     tasks_dir = os.path.join(args.work_dir, "tasks")
     paths, stats = ml100k_tasks.build(os.path.join(args.data_dir, "ml-100k.inter"), os.path.join(args.data_dir, "ml-100k.item"), tasks_dir)
-    raw = previous_records(args.name)
+    raw = previous_results(args.name, "runs")  # the runs of earlier invocations (a run of this one replaces the same row's)
     baselines_path = os.path.join(args.work_dir, "baselines.json")  # per (task, seed): the same split for every backbone
     cached = json.load(open(baselines_path)) if os.path.exists(baselines_path) else {}
     baselines = {(v["task"], v["seed"]): {k: x for k, x in v.items() if k not in ("task", "seed")} for v in cached.values()}
@@ -145,15 +145,6 @@ def main():
                           {k: round(v, 4) for k, v in m["test"].items() if k in ("mrr@5", "hr@5", "accuracy")}, flush=True)
                     write_results(raw, baselines, stats, pretrained, args, quiet=True)
     write_results(raw, baselines, stats, pretrained, args)
-
-
-def previous_records(name):
-    """The runs of earlier invocations (a run of this one replaces the same row's)."""
-    path = os.path.join(RESULTS, f"{name}.json")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return json.load(f)["runs"]
 
 
 def write_results(raw, baselines, stats, pretrained, args, quiet=False):
