@@ -8,7 +8,8 @@ every command runs there as a user would type it (``python -m pipelines...``,
 on the embedded default data, the job's outputs under ``<work_dir>/<rev>/``),
 one after the other, nothing else running. A command that has not finished
 after ``--timeout`` seconds is stopped and reported as "> timeout". Finished
-commands are reused from ``<work_dir>/<rev>/runs.json`` (delete it to re-time).
+commands are reused from ``<work_dir>/<rev>/runs.json`` (delete it to re-time; an entry
+copied there from another revision carries ``"timed_at": "<commit>"``, shown in the table).
 ``--zero_flag`` also times the commands without flags (the defaults a new user
 gets) at the last revision. Writes benchmarks/results/seed_speed.{md,json}:
 seconds per command and revision, the speed-up, and test HR@10 next to
@@ -116,8 +117,12 @@ def main():
 def _cell(run):
     if run is None:
         return "—"
-    # a stopped run reports the time it had when stopped (the --timeout of the run that timed it)
-    return f"{run['seconds']:.0f}" if run["finished"] else (f"> {run['seconds']:.0f} (stopped)" if run["rc"] is None else f"failed (rc {run['rc']})")
+    # a stopped run reports the time it had when stopped (the --timeout of the run that timed it); a run carried over
+    # from an earlier revision whose code it runs is unchanged names that revision ("timed_at")
+    at = f" (at {run['timed_at']})" if run.get("timed_at") else ""
+    if run["finished"]:
+        return f"{run['seconds']:.0f}{at}"
+    return (f"> {run['seconds']:.0f} (stopped)" if run["rc"] is None else f"failed (rc {run['rc']})") + at
 
 
 def write_results(args, revisions):
