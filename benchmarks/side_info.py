@@ -180,7 +180,7 @@ def write(args, rows):
             (f"{by[run, s]['test'].get('sampled_mrr', float('nan')):.4f} / {by[run, s]['test']['ndcg@10']:.4f}" if (run, s) in by else "—")
             for s in seeds) + " |")
     lines += ["", "Runs: `miir` = no MII pretraining, `mii` = the MII stage alone, `miir_mii` = MII pretraining + finetuning from it, "
-              "`_discard0.5` = 50 % of the genres discarded (the original's default setting)."]
+              "`_discard0.5` = 50 % of the genres discarded (the original's default setting), no suffix = all genres."]
     write_markdown(lines, args.name)
     _plot(rows, os.path.join(RESULTS, f"{args.name}.png"))
 

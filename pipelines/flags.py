@@ -330,6 +330,35 @@ def print_summary(model_dir, metrics):
     print(json.dumps(summary, indent=2))
 
 
+def define_casr_flags():
+    """CASR's knobs (pipelines.casr; pipelines.tune --model casr searches them and takes --sampler_dir, --learning, ...)."""
+    # Names are checked by CASRConfig.validate (a bad value is one "error: --flag ..." line, exit 2).
+    flags.DEFINE_string("sampler_model", None, "Sampler: nextitnet, sasrec, narm, stamp or gru4rec (default narm, or --sampler_dir's model).")
+    flags.DEFINE_string("anchor_model", "stamp", "Anchor (the model trained on observed + generated data): nextitnet, sasrec, narm, stamp, gru4rec.")
+    flags.DEFINE_string("learning", "learning", "heuristic (random replacement), learning (data-oriented boundary search) or ad "
+                        "(model-oriented, in the anchor's training step); the seed's Heuristic/Learning/AD are accepted.")
+    flags.DEFINE_string("sampler_dir", None, "Existing sampler export (its vocabulary must be the data's) instead of training one.")
+    flags.DEFINE_integer("sampler_epochs", None, "Epochs of the sampler (default --epochs).")
+    flags.DEFINE_integer("index", 2, "Intervention position, 1-based, counted as --position says (from_end: 1 = the most recent item).")
+    flags.DEFINE_string("position", "from_end", "from_end, from_start or random (uniform over the prefix; ignores --index).")
+    flags.DEFINE_float("sample", 0.1, "Share of training prefixes selected for generation, in [0, 1] (the seed's example: 1).")
+    flags.DEFINE_integer("n_per_seq", 1, "Counterfactual candidates per selected prefix.")
+    flags.DEFINE_string("replacement", "uniform", "heuristic: uniform or popularity (training counts).")
+    flags.DEFINE_float("kappa", 0.0, "Confidence margin of the boundary search's hinge (and threshold of --filter confidence).")
+    flags.DEFINE_float("tao", 0.1, "Temperature of the softmax over item similarities that maps a searched embedding back to an item.")
+    flags.DEFINE_integer("iter", 1, "Gradient steps of the boundary (learning) or adversarial (ad) search.")
+    flags.DEFINE_float("step_size", 0.5, "Search step length, in units of the RMS item-embedding norm.")
+    flags.DEFINE_float("closeness", 0.1, "Weight of the L2 closeness ||e' - e||^2 / rms^2 in the search.")
+    flags.DEFINE_string("similarity", "cosine", "Item similarity of the map back: cosine, dot or euclidean.")
+    flags.DEFINE_integer("candidates", 4, "ad: replacements drawn per prefix; the one with the highest anchor loss is trained on.")
+    flags.DEFINE_string("label", "argmax", "Label of a generated sequence: argmax (the sampler's top-1) or sampled (from its softmax).")
+    flags.DEFINE_string("filter", "auto", "Keep generated samples: auto (flip for learning, none otherwise), none, flip "
+                        "(the sampler's top-1 changed) or confidence (top-1 margin >= --kappa).")
+    flags.DEFINE_float("beta", 1.0, "Loss weight of each generated sample (observed samples weigh 1).")
+    flags.DEFINE_integer("generation_batch_size", 256, "Prefixes per generation batch.")
+    flags.DEFINE_integer("inspect_rows", 1000, "Rows of generated_samples.tsv (originals next to generated sequences).")
+
+
 def define_any_model_flags():
     """Every model-setting group besides the data and training flags (jobs that take any model: tune, benchmark)."""
     define_data_flags()
@@ -337,3 +366,4 @@ def define_any_model_flags():
     define_model_flags()
     define_grec_flags()
     define_zoo_flags()
+    define_casr_flags()

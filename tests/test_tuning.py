@@ -257,6 +257,15 @@ def test_cli_bad_distribution_is_one_clear_error(tmp_path, cli):
     assert not (tmp_path / "t").exists()
 
 
+def test_cli_takes_casr_flags_and_checks_the_sampler_export(tmp_path, cli):
+    """pipelines.tune --model casr takes pipelines.casr's flags (--sampler_dir, --learning, ...) as every trial's settings."""
+    proc = cli("pipelines.tune", ["--model", "casr", "--params_file", os.path.join(REPO, "benchmarks", "casr_hyper_heuristic.test"),
+                                  "--learning", "heuristic", "--sampler_dir", str(tmp_path / "missing"), "--model_dir", str(tmp_path / "t")],
+               cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "is not an export directory" in proc.stderr.strip().splitlines()[-1] and str(tmp_path / "missing") in proc.stderr
+
+
 def test_one_trial_caser_search(tmp_path, tiny_inter):
     """Caser is a tune model: its config takes the shared settings and Caser's knobs (RecBole names included)."""
     job = tuning.model_job("caser")
