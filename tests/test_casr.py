@@ -331,3 +331,19 @@ def test_cli_bad_input_is_one_line_with_exit_2(world, tmp_path, cli):
         assert f"error: {message}" in stderr or ("error: --sampler_dir" in stderr and message in stderr), stderr[-2000:]
         assert "Traceback" not in stderr
         assert not os.path.exists(tmp_path / f"m{i}")  # nothing written
+
+
+def test_beta_weighs_the_loss_normaliser_but_not_the_trained_position_count():
+    """The loop divides by loss_count (generated rows weigh beta) and reports throughput from position_count
+    (one position per generated row), so a large beta does not inflate positions_per_second."""
+    from peterrec.augment.task import GENERATED, CounterfactualTask
+    from peterrec.features import LABELS, SAMPLE_WEIGHT
+
+    task = CounterfactualTask(NextItemTask(STAMPBackbone(12, embedding_dim=8), output="tied"), beta=1e5)
+    observed = {ITEM_IDS: tf.constant([[5, 6, 7, 0], [8, 9, 0, 0]]), LABELS: tf.constant([[6, 7, 8, 0], [9, 10, 0, 0]]),
+                SAMPLE_WEIGHT: tf.constant([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])}
+    generated = {ITEM_IDS: tf.fill([5, 4], 5), LENGTHS: tf.fill([5], 4), LABELS: tf.fill([5], 6), SAMPLE_WEIGHT: tf.fill([5], 1e5)}
+    batch = observed | {GENERATED: generated}
+    assert float(task.loss_count(batch)) == pytest.approx(3 + 5e5)
+    assert float(task.position_count(batch)) == 8.0
+    assert float(task.position_count(observed)) == float(task.loss_count(observed)) == 3.0

@@ -81,6 +81,13 @@ class CounterfactualTask(Task):
                 count += self.anchor.loss_count(generated)
         return count
 
+    def position_count(self, batch):
+        """Observed positions with loss plus one per generated row (``loss_count`` weighs those by ``beta``)."""
+        count = self.anchor.loss_count(_observed(batch))
+        if GENERATED in batch:
+            count += tf.cast(tf.shape(batch[GENERATED][ITEM_IDS])[0], tf.float32)
+        return count
+
     def loss_sum(self, batch, training=True, static_shapes=False):
         total = self.anchor.loss_sum(_observed(batch), training=training, static_shapes=static_shapes)
         if GENERATED in batch:

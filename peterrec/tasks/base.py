@@ -31,6 +31,11 @@ class Task(keras.Model):
         """How many examples (positions, pairs) of ``batch`` carry loss, as float32."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss_count(batch)")
 
+    def position_count(self, batch):
+        """How many positions of ``batch`` are trained, as float32 (the throughput the loop reports); equals
+        :meth:`loss_count` unless a task weighs some positions other than 1 (CASR's ``beta``)."""
+        return self.loss_count(batch)
+
     def serve_scores(self, item_ids, lengths):
         """Scores ``[batch, V]`` of every id for right-padded ``item_ids`` with ``lengths`` real items."""
         raise NotImplementedError(f"{type(self).__name__} must implement serve_scores(item_ids, lengths)")

@@ -193,14 +193,13 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             if loss_scaled and num_replicas > 1:
                 grads = _skip_together(grads, ctx)
             optimizer.apply_gradients(zip(grads, task.trainable_variables))
-            return loss_sum, count
+            return loss_sum, count, task.position_count(batch)
 
         def one_step(iterator):
-            loss_sum, count = strategy.run(replica_step, args=(next(iterator),))
-            loss_sum = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
-            count = strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
+            loss_sum, count, positions = strategy.run(replica_step, args=(next(iterator),))
+            loss_sum, count, positions = (strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in (loss_sum, count, positions))
             self.global_step.assign_add(1)
-            return loss_sum / tf.maximum(count, 1.0), count
+            return loss_sum / tf.maximum(count, 1.0), count, positions
 
         @tf.function(autograph=False)  # graph code written with tf.cond/while: AutoGraph's source rewrite is a third of tracing
         def train_step(iterator):
@@ -208,26 +207,24 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
 
         @tf.function(autograph=False)
         def train_steps(iterator, n):
-            """``n`` steps in one call (a tensor: one trace for every n); per-step losses and counts ``[n]``."""
+            """``n`` steps in one call (a tensor: one trace for every n); per-step losses, counts and positions ``[n]``."""
 
-            def body(i, losses, counts):
-                loss, count = one_step(iterator)
-                return i + 1, losses.write(i, loss), counts.write(i, count)
+            def body(i, *arrays):
+                return (i + 1, *(a.write(i, x) for a, x in zip(arrays, one_step(iterator))))
 
-            arrays = (tf.TensorArray(tf.float32, size=n), tf.TensorArray(tf.float32, size=n))
-            _, losses, counts = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), *arrays))
-            return losses.stack(), counts.stack()
+            arrays = tuple(tf.TensorArray(tf.float32, size=n) for _ in range(3))
+            _, *arrays = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), *arrays))
+            return tuple(a.stack() for a in arrays)
 
         self._train_steps = train_steps
         return train_step
 
     def _run_steps(self, iterator, n):
-        """``n`` training steps; ``(losses, counts)`` as Python floats, one per step."""
+        """``n`` training steps; ``(losses, counts, positions)`` as lists of Python floats, one per step (``counts``:
+        the loss normaliser, ``task.loss_count``; ``positions``: the trained positions, ``task.position_count``)."""
         if n == 1:
-            loss, count = self._train_step(iterator)
-            return [float(loss)], [float(count)]
-        losses, counts = self._train_steps(iterator, tf.constant(n, tf.int32))
-        return losses.numpy().tolist(), counts.numpy().tolist()
+            return tuple([float(x)] for x in self._train_step(iterator))
+        return tuple(x.numpy().tolist() for x in self._train_steps(iterator, tf.constant(n, tf.int32)))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split, scorer=None):
@@ -319,7 +316,7 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             if not graph_written:
                 self._write_graph(iterator)
                 graph_written = True
-            t0, epoch_positions, epoch_loss = time.perf_counter(), 0.0, 0.0
+            t0, epoch_positions, epoch_count, epoch_loss = time.perf_counter(), 0.0, 0.0, 0.0
             batch_index, per_call = skip, max(1, int(cfg.steps_per_execution))
             every = int(cfg.checkpoint_every_steps or 0)
             while batch_index < steps:
@@ -327,12 +324,12 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
                 if every:  # a call ends on every checkpoint step
                     n = min(n, every - int(self.global_step.numpy()) % every)
                 callbacks.on_train_batch_begin(batch_index)
-                losses, counts = self._run_steps(iterator, n)
+                losses, counts, positions = self._run_steps(iterator, n)
                 first_step = int(self.global_step.numpy()) - n + 1 if n > 1 else None
-                for j, (loss, count) in enumerate(zip(losses, counts)):
+                for j, (loss, count, trained) in enumerate(zip(losses, counts, positions)):
                     if j:
                         callbacks.on_train_batch_begin(batch_index + j)
-                    epoch_positions, epoch_loss = epoch_positions + count, epoch_loss + loss * count
+                    epoch_positions, epoch_count, epoch_loss = epoch_positions + trained, epoch_count + count, epoch_loss + loss * count
                     callbacks.on_train_batch_end(batch_index + j, {"loss": loss})
                     failure = self._loss_fault(loss, divergence, None if first_step is None else first_step + j)
                     if failure is not None:
@@ -353,8 +350,8 @@ class Trainer(CheckpointMixin, FaultMixin, ClusterMixin):
             train_seconds += elapsed
             trained_positions += epoch_positions
             valid = self.evaluate("valid")
-            # the epoch's mean loss over its positions (the progress bar shows the running mean)
-            logs = {"loss": epoch_loss / max(epoch_positions, 1e-9), **{f"val_{k}": v for k, v in valid.items() if k != "users"}}
+            # the epoch's mean loss over its (weighted) positions (the progress bar shows the running mean)
+            logs = {"loss": epoch_loss / max(epoch_count, 1e-9), **{f"val_{k}": v for k, v in valid.items() if k != "users"}}
             logs["positions_per_second"] = epoch_positions / max(elapsed, 1e-9)
             logs["learning_rate"] = float(self.optimizer.learning_rate.numpy())
             improved = sign * valid[cfg.monitor] > float(self.best_value.numpy())
