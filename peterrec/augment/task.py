@@ -82,8 +82,8 @@ class CounterfactualTask(Task):
         return count
 
     def position_count(self, batch):
-        """Observed positions with loss plus one per generated row (``loss_count`` weighs those by ``beta``)."""
-        count = self.anchor.loss_count(_observed(batch))
+        """The anchor's observed positions plus one per generated row (``loss_count`` weighs those by ``beta``)."""
+        count = self.anchor.position_count(_observed(batch))
         if GENERATED in batch:
             count += tf.cast(tf.shape(batch[GENERATED][ITEM_IDS])[0], tf.float32)
         return count

@@ -28,11 +28,6 @@ def last_positions(lengths):
     return ops.maximum(ops.cast(lengths, "int32") - 1, 0)
 
 
-def gather_last(states, lengths):
-    """``states [B, L, ...]`` at each row's last real position: ``[B, ...]``."""
-    return tf.gather(states, last_positions(lengths), axis=1, batch_dims=1)
-
-
 def last_index(lengths):
     """``[B, 2]`` int32 ``(row, lengths - 1)``: every row's last real position, as :meth:`ZooBackbone.hidden_at` takes it."""
     positions = last_positions(lengths)

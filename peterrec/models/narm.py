@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import keras
-from keras import ops
-
 import tensorflow as tf
+from keras import ops
 
 from peterrec.models.base import ZooBackbone, padding_mask, prefix_mask, query_prefix_mask, xavier_normal
 from peterrec.models.gru4rec import encode, gru_layers

@@ -9,7 +9,7 @@ from keras import ops
 from peterrec import losses
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, SAMPLE_WEIGHT
 from peterrec.layers.initializers import conv_initializer
-from peterrec.models.base import gather_last
+from peterrec.models.base import last_index
 from peterrec.tasks.base import Task
 
 LOSSES = ("full_softmax", "sampled_softmax", *losses.PAIRWISE)
@@ -130,21 +130,21 @@ class NextItemTask(Task):
         if static_shapes:
             return self.hidden_loss_sum(self(batch[ITEM_IDS], training=training), labels, weights)
         index = tf.where(weights > 0)  # [N, 2] (row, position), row-major as boolean_mask
-        if hasattr(self.backbone, "hidden_at"):
-            hidden = self.backbone.hidden_at(batch[ITEM_IDS], index, training=training)
-        else:
-            hidden = tf.gather_nd(self(batch[ITEM_IDS], training=training), index)
+        hidden = self.hidden_at(batch[ITEM_IDS], index, training=training)
         return self.hidden_loss_sum(hidden, tf.gather_nd(labels, index), tf.gather_nd(weights, index))
+
+    def hidden_at(self, item_ids, index, training=None):
+        """Hidden states ``[N, C]`` at the ``(row, position)`` pairs ``index [N, 2]``: the backbone's ``hidden_at``
+        (the zoo's compute those positions only) or, otherwise (NextItNet), the full forward pass gathered there."""
+        if hasattr(self.backbone, "hidden_at"):
+            return self.backbone.hidden_at(item_ids, index, training=training)
+        return tf.gather_nd(self(item_ids, training=training), index)
 
     def last_loss_sum(self, batch, training=True):
         """Sum of weighted losses of rows with one target each, at their last real position: ``item_ids [B, L]``,
         ``lengths``, ``labels`` and ``sample_weight`` ``[B]`` (CASR's generated samples). Equals :meth:`loss_sum` with
-        the label and weight placed at ``lengths - 1``; a backbone with ``last_hidden`` computes that position only."""
-        lengths = batch[LENGTHS]
-        if hasattr(self.backbone, "last_hidden"):
-            hidden = self.backbone.last_hidden(batch[ITEM_IDS], lengths, training=training)
-        else:
-            hidden = gather_last(self(batch[ITEM_IDS], training=training), lengths)
+        the label and weight placed at ``lengths - 1`` (:meth:`hidden_at` there)."""
+        hidden = self.hidden_at(batch[ITEM_IDS], last_index(batch[LENGTHS]), training=training)
         return self.hidden_loss_sum(hidden, batch[LABELS], tf.cast(batch[SAMPLE_WEIGHT], tf.float32))
 
     def hidden_loss_sum(self, hidden, labels, weights):
@@ -167,14 +167,8 @@ class NextItemTask(Task):
         return self.loss_name == "sampled_softmax"
 
     def score_last(self, item_ids, lengths, training=False):
-        """Logits ``[batch, V]`` at the last real position of each (right-padded) row.
-
-        A backbone with ``last_hidden`` (the zoo's) computes that position only; otherwise
-        (NextItNet) the full forward pass is gathered there.
-        """
-        if hasattr(self.backbone, "last_hidden"):
-            return self.logits(self.backbone.last_hidden(item_ids, lengths, training=training))
-        return self.logits(gather_last(self(item_ids, training=training), lengths))
+        """Logits ``[batch, V]`` at the last real position of each (right-padded) row (:meth:`hidden_at` there)."""
+        return self.logits(self.hidden_at(item_ids, last_index(lengths), training=training))
 
     def eval_scores(self, batch):
         return self.score_last(batch[ITEM_IDS], batch[LENGTHS])
