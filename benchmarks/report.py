@@ -24,6 +24,18 @@ def _label(model):
     return REFERENCE.get(model, {}).get("label", model)
 
 
+def _merged_note(results):
+    """A sentence naming the models whose rows an earlier invocation ran (``--merge``), with their GEMM rate."""
+    earlier = {}
+    for r in results["runs"]:
+        if r.get("gemm_gflops") not in (None, results["gemm_gflops"]):
+            earlier.setdefault(r["model"], r["gemm_gflops"])
+    if not earlier:
+        return ""
+    rows = ", ".join(f"{m} ({g:.1f} GFLOP/s)" for m, g in earlier.items())
+    return f" Rows kept from an earlier run of this benchmark (`--merge`), with the GEMM rate measured there: {rows}."
+
+
 def results_markdown(results):
     """The results page: accuracy beside RecBole's reference, all cutoffs, speed, checks."""
     summary, runs, gemm = results["summary"], results["runs"], results["gemm_gflops"]
@@ -38,7 +50,7 @@ def results_markdown(results):
         f"MRR@10 selected and its test metrics reported; mean ± sd over seeds {seeds}. Configuration: "
         f"**{results['configuration']}** (settings below). Machine: {results['machine']['cpus']} CPUs, fp32 GEMM (numpy "
         f"2048²) **{gemm:.1f} GFLOP/s** measured in this run. Time to selected epoch = training wall time (evaluation "
-        "excluded) up to the validation-selected epoch.",
+        "excluded) up to the validation-selected epoch." + _merged_note(results),
         "",
         "| model | test HR@10 | test NDCG@10 | test MRR@10 | epochs (selected), per seed | time to selected epoch (s) | train time (s) |",
         "|---|---|---|---|---|---|---|",

@@ -151,6 +151,7 @@ class BenchmarkSpec:
     tfrecord_dir: str = "tfrecords"
     recbole: bool = False
     recbole_python: str | None = None
+    merge: bool = False  # keep the other models' runs of the results file this spec writes
     verbose: int = 2
 
     def resolved_name(self):
@@ -230,9 +231,24 @@ def run_benchmark(spec: BenchmarkSpec):
                     raise
                 print(f"{job.name} seed {seed}: {err}")  # a diverged run is a result: reported as such
         runs.append(run_record(job.name, seed, settings, cfg, metrics_path))
-    results = summarize(spec, runs, gemm, recbole)
+        runs[-1]["gemm_gflops"] = gemm
+    results = summarize(spec, kept_runs(spec) + runs, gemm, recbole)
     write_results(results, spec.results_dir, spec.resolved_name())
     return results
+
+
+def kept_runs(spec):
+    """With ``spec.merge``: the runs of models not in ``spec.models`` from the results file this spec writes
+    (an earlier invocation with the same configuration), each keeping the GEMM rate measured in its own run."""
+    path = os.path.join(spec.results_dir, f"{spec.resolved_name()}.json")
+    if not spec.merge or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        previous = json.load(f)
+    if previous.get("configuration") != spec.configuration:
+        raise ConfigError(f"--merge: {path} holds configuration {previous.get('configuration')!r}, not {spec.configuration!r}")
+    return [r | {"gemm_gflops": r.get("gemm_gflops", previous.get("gemm_gflops"))}
+            for r in previous["runs"] if r["model"] not in spec.models]
 
 
 def run_record(model, seed, settings, cfg, metrics_path):
@@ -313,7 +329,7 @@ def summarize(spec, runs, gemm, recbole):
         }
         if flops and pps:
             entry["useful_gflops"] = pps * flops["train"] / 1e9
-            entry["useful_fraction_of_gemm"] = entry["useful_gflops"] / gemm
+            entry["useful_fraction_of_gemm"] = entry["useful_gflops"] / mean_sd([r.get("gemm_gflops") or gemm for r in rows])[0]
         summary[model] = entry
     return {
         "name": spec.resolved_name(),
@@ -388,6 +404,8 @@ def define_flags():
     flags.DEFINE_string("results_dir", "benchmarks/results", "Where <name>.md/.json/.png are written.")
     flags.DEFINE_string("name", None, "Results file name (default: the data file's stem, e.g. ml-100k).")
     flags.DEFINE_bool("recbole", False, "Also time one RecBole 1.2.1 NextItNet epoch on the same data (needs recbole + torch).")
+    flags.DEFINE_bool("merge", False, "Keep the rows of models not in --models from the results file this run writes "
+                      "(an earlier run of the same --configuration and --name), beside the ones run now.")
     flags.DEFINE_string("recbole_python", None, "Python interpreter that has recbole and torch (default: this one).")
     FLAGS.set_default("data", ML100K)
 
@@ -437,6 +455,7 @@ def main(argv):
         tfrecord_dir=FLAGS.tfrecord_dir,
         recbole=FLAGS.recbole,
         recbole_python=FLAGS.recbole_python,
+        merge=FLAGS.merge,
         verbose=common.common_kwargs(["verbose"])["verbose"],
     )
     results = run_benchmark(spec)

@@ -30,6 +30,14 @@ quniform), choice -> ``suggest_categorical``.
 own ``trial-NNN/`` directory, maximising validation MRR@10; it writes
 ``trials.json`` and ``results.md`` after every trial and resumes: finished
 trials are not rerun and an interrupted trial resumes from its checkpoints.
+
+``trial_seeds`` trains every trial once per seed and scores it by the mean
+validation MRR@10 over them (on ~1,000 evaluation users one run's score is
+mostly seed noise: the spread between seeds is as large as between trials).
+The run of the search's own ``seed`` trains in ``trial-NNN/``, another seed
+``s`` in ``trial-NNN-seed-s/``. A finished search can be given more seeds
+later: its trials keep their parameters (the sampler is seeded per trial)
+and only the missing runs train.
 """
 
 from __future__ import annotations
@@ -86,7 +94,7 @@ def check_specs(specs, job: ModelJob):
 # --- the search ----------------------------------------------------------------------------------
 
 
-def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=42, verbose=1):
+def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=42, verbose=1, trial_seeds=None):
     """Search ``params`` (a list of :class:`ParamSpec`) for ``model``, maximising validation MRR@10.
 
     Args:
@@ -98,6 +106,8 @@ def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=4
         model_dir: the tune directory (default ``checkpoints/tune-<model>``); trial
             ``i`` trains in ``<model_dir>/trial-<i>``.
         seed: the sampler's seed and every trial's training seed.
+        trial_seeds: training seeds of every trial (default ``[seed]``); a trial's
+            value is the mean of their validation MRR@10 (see the module docstring).
 
     Returns:
         The list of trial records written to ``trials.json``.
@@ -110,42 +120,41 @@ def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=4
     base.pop("model_dir", None)
     base.pop("seed", None)
     model_dir = model_dir or os.path.join("checkpoints", f"tune-{model}")
+    trial_seeds = [int(s) for s in (trial_seeds or [seed])]
+    if len(set(trial_seeds)) != len(trial_seeds):
+        raise ConfigError(f"--trial_seeds: each seed once, got {','.join(map(str, trial_seeds))}")
     header = {
         "model": model,
         "objective": f"valid {OBJECTIVE}",
         "space": [s.as_dict() for s in params],
         "base_overrides": base,
         "seed": seed,
+        "trial_seeds": trial_seeds,
     }
     header = json.loads(json.dumps(header))  # tuples -> lists, as read back from the file
-    records = _load_trials(model_dir, header)
+    records = _load_trials(model_dir, header, seed)
     # validate the base configuration once, before any trial trains
     job.config(base | {"model_dir": model_dir, "seed": seed}, where="--flags").validate()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     dists = {s.name: s.optuna_distribution() for s in params}
-    for record in records:
-        if record["state"] == "complete":
-            study.add_trial(optuna.trial.create_trial(params=record["optuna_params"], distributions=dists, value=record["value"]))
-        elif record["state"] == "failed":
-            state = optuna.trial.TrialState.FAIL
-            study.add_trial(optuna.trial.create_trial(state=state, params=record["optuna_params"], distributions=dists))
 
     def save():
         write_text(os.path.join(model_dir, TRIALS_FILE), json.dumps(header | {"trials": records}, indent=2) + "\n")
         write_text(os.path.join(model_dir, RESULTS_FILE), results_markdown(header, records))
 
-    for record in records:  # interrupted trials resume in their own directory (their checkpoints)
-        if record["state"] == "running":
+    for record in records:
+        # interrupted trials resume in their own directories (their checkpoints); finished ones train the seeds they lack
+        missing = [s for s in trial_seeds if str(s) not in record.get("runs", {})]
+        if record["state"] == "running" or (record["state"] == "complete" and missing):
             if verbose:
-                logging.info(f"trial {record['number']}: resuming {record['model_dir']}")
-            _run_trial(job, base, record, seed, verbose, save)
-            trial = optuna.trial.create_trial(
-                state=optuna.trial.TrialState.COMPLETE if record["state"] == "complete" else optuna.trial.TrialState.FAIL,
-                params=record["optuna_params"], distributions=dists, value=record.get("value"),
-            )
-            study.add_trial(trial)
+                logging.info(f"trial {record['number']}: training seed(s) {', '.join(map(str, missing))}")
+            _run_trial(job, base, record, seed, trial_seeds, verbose, save)
+        if record["state"] == "complete":
+            study.add_trial(optuna.trial.create_trial(params=record["optuna_params"], distributions=dists, value=record["value"]))
+        elif record["state"] == "failed":
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=record["optuna_params"], distributions=dists))
     while len(records) < n_trials:
         # a sampler seeded per trial number: a resumed search draws what an uninterrupted one would
         study.sampler = optuna.samplers.TPESampler(seed=seed + len(records))
@@ -162,7 +171,7 @@ def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=4
         records.append(record)
         if verbose:
             logging.info(f"trial {number}: {_format_params(record['params'])}")
-        _run_trial(job, base, record, seed, verbose, save)
+        _run_trial(job, base, record, seed, trial_seeds, verbose, save)
         if record["state"] == "complete":
             study.tell(trial, record["value"])
         else:
@@ -171,45 +180,81 @@ def tune(model, params, base_overrides=None, n_trials=10, model_dir=None, seed=4
     return records
 
 
-def _run_trial(job, base, record, seed, verbose, save):
-    """Train one trial into ``record`` (state complete or failed), saving the tables before and after."""
+def trial_dir(record, seed, search_seed):
+    """Where ``record``'s run of training seed ``seed`` trains: its own directory for the search's seed."""
+    return record["model_dir"] if seed == search_seed else f"{record['model_dir']}-seed-{seed}"
+
+
+SUMMED = ("train_wall_seconds", "wall_seconds")
+
+
+def _run_trial(job, base, record, search_seed, trial_seeds, verbose, save):
+    """Train ``record``'s runs that ``trial_seeds`` lacks, then summarise them into ``record`` (state complete, or
+    failed when a run diverged); saves the tables before and after each run."""
     params = record["params"]
     where = f"trial {record['number']}"
-    cfg = job.config(base | params | {"model_dir": record["model_dir"], "seed": seed}, where=where)
-    try:
-        cfg.validate()
-    except ConfigError as err:  # an impossible combination of searched values: the params file's error
-        raise ConfigError(f"{where} ({_format_params(params)}): {err}") from err
-    save()
-    if job.clear_session:
-        import keras
-
-        keras.backend.clear_session()
-    start = time.perf_counter()
-    try:
-        metrics = job.run(cfg)
-    except ConfigError as err:
-        if not stopped_on_fault(record["model_dir"]):
-            raise
-        # training diverged (NaN/Inf or a diverging loss): a failed trial, recorded and reported
-        record.update(state="failed", error=str(err), wall_seconds=round(time.perf_counter() - start, 2))
-        if verbose:
-            logging.warning(f"trial {record['number']} failed: {err}")
+    runs = record.setdefault("runs", {})
+    for seed in trial_seeds:
+        if str(seed) in runs:
+            continue
+        cfg = job.config(base | params | {"model_dir": trial_dir(record, seed, search_seed), "seed": seed}, where=where)
+        try:
+            cfg.validate()
+        except ConfigError as err:  # an impossible combination of searched values: the params file's error
+            raise ConfigError(f"{where} ({_format_params(params)}): {err}") from err
+        record["state"] = "running"
         save()
-        return
+        if job.clear_session:
+            import keras
+
+            keras.backend.clear_session()
+        start = time.perf_counter()
+        try:
+            metrics = job.run(cfg)
+        except ConfigError as err:
+            if not stopped_on_fault(cfg.model_dir):
+                raise
+            # training diverged (NaN/Inf or a diverging loss): a failed trial, recorded and reported
+            record.update(state="failed", error=(f"seed {seed}: {err}" if len(trial_seeds) > 1 else str(err)), wall_seconds=round(time.perf_counter() - start, 2))
+            if verbose:
+                logging.warning(f"trial {record['number']} failed: {err}")
+            save()
+            return
+        runs[str(seed)] = {
+            "value": float(metrics["valid"][OBJECTIVE]),
+            "valid": dict(metrics["valid"]),
+            "test": dict(metrics["test"]),
+            "selected_epoch": metrics.get("selected_epoch"),
+            "epochs_run": metrics.get("epochs_run"),
+            "train_wall_seconds": metrics.get("train_wall_seconds"),
+            "wall_seconds": round(time.perf_counter() - start, 2),
+        }
+        if verbose:
+            logging.info(f"trial {record['number']} seed {seed}: valid {OBJECTIVE} {runs[str(seed)]['value']:.4f}")
+    _summarise(record, trial_seeds)
+    if verbose:
+        logging.info(f"trial {record['number']}: valid {OBJECTIVE} {record['value']:.4f} (mean of {len(trial_seeds)} seed(s)), "
+                     f"test hr@10 {record['test'].get('hr@10', float('nan')):.4f}")
+    save()
+
+
+def _summarise(record, trial_seeds):
+    """A complete record's value, valid and test metrics as means over the runs of ``trial_seeds``."""
+    runs = [record["runs"][str(s)] for s in trial_seeds]
+
+    def mean(dicts):
+        return {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0] if all(k in d for d in dicts)}
+
     record.update(
         state="complete",
-        value=float(metrics["valid"][OBJECTIVE]),
-        valid={k: v for k, v in metrics["valid"].items()},
-        test={k: v for k, v in metrics["test"].items()},
-        selected_epoch=metrics.get("selected_epoch"),
-        epochs_run=metrics.get("epochs_run"),
-        train_wall_seconds=metrics.get("train_wall_seconds"),
-        wall_seconds=round(time.perf_counter() - start, 2),
+        value=sum(r["value"] for r in runs) / len(runs),
+        valid=mean([r["valid"] for r in runs]),
+        test=mean([r["test"] for r in runs]),
+        seeds=list(trial_seeds),
+        selected_epoch=[r["selected_epoch"] for r in runs] if len(runs) > 1 else runs[0]["selected_epoch"],
+        epochs_run=[r["epochs_run"] for r in runs] if len(runs) > 1 else runs[0]["epochs_run"],
+        **{k: round(sum(r[k] or 0.0 for r in runs), 2) for k in SUMMED},
     )
-    if verbose:
-        logging.info(f"trial {record['number']}: valid {OBJECTIVE} {record['value']:.4f}, test hr@10 {record['test'].get('hr@10', float('nan')):.4f}")
-    save()
 
 
 def stopped_on_fault(model_dir):
@@ -221,7 +266,7 @@ def stopped_on_fault(model_dir):
         return bool(json.load(f).get("stopped_on_nan"))
 
 
-def _load_trials(model_dir, header):
+def _load_trials(model_dir, header, search_seed):
     path = os.path.join(model_dir, TRIALS_FILE)
     if not os.path.exists(path):
         return []
@@ -232,16 +277,23 @@ def _load_trials(model_dir, header):
         raise ConfigError(f"{path}: cannot read ({err})") from err
     from peterrec.jobs import RESUMABLE_FIELDS
 
-    def fixed(h):  # settings that may change between sessions of one search (as for a resumed job)
-        return h | {"base_overrides": {k: v for k, v in h.get("base_overrides", {}).items() if k not in RESUMABLE_FIELDS}}
+    def fixed(h):  # settings that may change between sessions of one search (as for a resumed job; seeds may be added)
+        out = h | {"base_overrides": {k: v for k, v in h.get("base_overrides", {}).items() if k not in RESUMABLE_FIELDS}}
+        out.pop("trial_seeds", None)
+        return out
 
-    diffs = [f"{key}: {fixed(old).get(key)!r} -> {fixed(header)[key]!r}" for key in header if fixed(old).get(key) != fixed(header)[key]]
+    diffs = [f"{key}: {fixed(old).get(key)!r} -> {fixed(header)[key]!r}" for key in fixed(header) if fixed(old).get(key) != fixed(header)[key]]
     if diffs:
         raise ConfigError(
             f"--model_dir {model_dir} holds a search with a different setup ({'; '.join(diffs)}). "
             "Use another --model_dir, or delete that directory to start over."
         )
-    return list(old.get("trials", []))
+    records = list(old.get("trials", []))
+    for record in records:  # a search written before trial_seeds: its one run is the search seed's
+        if record["state"] == "complete" and "runs" not in record:
+            record["runs"] = {str(search_seed): {k: record.get(k) for k in
+                                                 ("value", "valid", "test", "selected_epoch", "epochs_run", *SUMMED)}}
+    return records
 
 
 def best_trial(records):
@@ -256,7 +308,7 @@ def results_markdown(header, records):
     lines = [
         f"# Hyper-parameter search: {header['model']}",
         "",
-        f"Objective: {header['objective']} (maximised); Optuna TPE, seed {header['seed']}. "
+        f"Objective: {header['objective']} (maximised{_seeds_note(header)}); Optuna TPE, seed {header['seed']}. "
         f"{sum(r['state'] == 'complete' for r in records)} of {len(records)} trials complete.",
         "",
         f"Search space: {'; '.join(_format_spec(s) for s in header['space'])}.",
@@ -266,8 +318,10 @@ def results_markdown(header, records):
     ]
     for r in records:
         if r["state"] == "complete":
-            cells = [f"{r['value']:.4f}", f"{r['test']['hr@10']:.4f}", f"{r['test']['ndcg@10']:.4f}",
-                     f"{r.get('epochs_run')} ({r.get('selected_epoch')})", f"{r['wall_seconds']:.0f}"]
+            per_seed = [r["runs"][str(seed)]["value"] for seed in r.get("seeds", [])] if len(r.get("seeds", [])) > 1 else []
+            value = f"{r['value']:.4f}" + (f" ({', '.join(f'{v:.4f}' for v in per_seed)})" if per_seed else "")
+            cells = [value, f"{r['test']['hr@10']:.4f}", f"{r['test']['ndcg@10']:.4f}",
+                     f"{_epochs(r.get('epochs_run'))} ({_epochs(r.get('selected_epoch'))})", f"{r['wall_seconds']:.0f}"]
         else:
             cells = [r["state"] + (f": {r['error']}" if r.get("error") else ""), "—", "—", "—",
                      f"{r['wall_seconds']:.0f}" if "wall_seconds" in r else "—"]
@@ -275,6 +329,15 @@ def results_markdown(header, records):
         params = {s["name"]: r["params"][s["name"]] for s in header["space"] if s["name"] in r["params"]}
         lines.append(f"| {r['number']} | {_format_params(params)} | {' | '.join(cells)} | {mark} |")
     return "\n".join(lines) + "\n"
+
+
+def _seeds_note(header):
+    seeds = header.get("trial_seeds") or [header["seed"]]
+    return f", mean over training seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else ""
+
+
+def _epochs(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def write_text(path, text):

@@ -9,7 +9,9 @@ come from the usual flags (--data, --epochs, --embedding_dim, ...); a searched
 parameter overrides its flag. Every trial trains in
 <model_dir>/trial-NNN/ (default model_dir: checkpoints/tune-<model>/) and is
 scored by its validation MRR@10; trials.json and results.md (one row per
-trial, the best marked) are rewritten after each trial. Re-running the same
+trial, the best marked) are rewritten after each trial. --trial_seeds 1,2,3
+trains every trial once per seed (``trial-NNN-seed-S/``) and scores it by the
+mean over them. Re-running the same
 command resumes: finished trials are kept, an interrupted one continues from
 its checkpoints, and --trials can be raised to search further.
 """
@@ -24,6 +26,8 @@ from pipelines import flags as common
 common.define_any_model_flags()
 flags.DEFINE_string("model", "nextitnet", "Model to tune (a pretraining backbone or a registered model).")
 flags.DEFINE_string("params_file", "benchmarks/hyper.test", "Search space: one 'name distribution arguments' line per parameter.")
+flags.DEFINE_list("trial_seeds", None, "Training seeds of every trial, scored by the mean validation MRR@10 over them "
+                  "(default: --seed; more seeds can be added to a finished search, only the missing runs train).")
 flags.DEFINE_integer("trials", 10, "Total number of trials (finished ones in --model_dir count).", lower_bound=1)
 FLAGS = flags.FLAGS
 
@@ -52,7 +56,8 @@ def main(argv):
     print(f"Searching {len(specs)} parameters for {FLAGS.model} ({FLAGS.trials} trials, objective valid MRR@10):")
     for line in tuning.describe_specs(specs):
         print(f"  {line}")
-    records = tuning.tune(FLAGS.model, specs, base_overrides(job), FLAGS.trials, model_dir, FLAGS.seed)
+    trial_seeds = common.int_list(FLAGS.trial_seeds, "trial_seeds") if FLAGS.trial_seeds else None
+    records = tuning.tune(FLAGS.model, specs, base_overrides(job), FLAGS.trials, model_dir, FLAGS.seed, trial_seeds=trial_seeds)
     best = tuning.best_trial(records)
     print(f"results: {os.path.join(model_dir, tuning.RESULTS_FILE)}")
     if best is not None:

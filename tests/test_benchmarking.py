@@ -1,5 +1,6 @@
 """The RecBole-protocol benchmark: tables, plot, FLOP formula, RecBole-absent path, one real tiny run."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -220,3 +221,26 @@ def test_ahead_of_recbole_checks_and_tuned_settings(monkeypatch):
     assert protocol.configuration_settings("tuned", "sasrec") == {"batch_size": 32, "learning_rate": 2e-3}
     assert protocol.configuration_settings("tuned", "caser") == protocol.FAST["caser"]
     assert protocol.configuration_settings("default", "sasrec") == {}
+
+
+def test_merge_keeps_the_other_models_rows_with_their_own_gemm_rate(tmp_path):
+    flops = {"train": 3_000_000, "forward": 1_000_000}
+    spec = benchmarking.BenchmarkSpec(models=["sasrec"], data="x/ml-100k/ml-100k.inter", seeds=(1,), configuration="tuned",
+                                      results_dir=str(tmp_path))
+    earlier = benchmarking.summarize(spec, [fake_run("sasrec", 1, 0.12, 0.06, [30.0], 1, flops) | {"gemm_gflops": 100.0}],
+                                     gemm=100.0, recbole={"skipped": "no"})
+    benchmarking.write_results(earlier, str(tmp_path), spec.resolved_name())
+    now = dataclasses.replace(spec, models=["narm"], merge=True)
+    kept = benchmarking.kept_runs(now)
+    assert [(r["model"], r["gemm_gflops"]) for r in kept] == [("sasrec", 100.0)]
+    assert benchmarking.kept_runs(dataclasses.replace(now, merge=False)) == []
+    assert benchmarking.kept_runs(dataclasses.replace(now, models=["sasrec"])) == []  # rerun models replace their rows
+    results = benchmarking.summarize(now, kept + [fake_run("narm", 1, 0.12, 0.06, [30.0], 1, flops) | {"gemm_gflops": 200.0}],
+                                     gemm=200.0, recbole={"skipped": "no"})
+    assert results["summary"]["sasrec"]["useful_fraction_of_gemm"] == pytest.approx(0.6)
+    assert results["summary"]["narm"]["useful_fraction_of_gemm"] == pytest.approx(0.3)
+    benchmarking.write_results(results, str(tmp_path), "merged")
+    assert "kept from an earlier run of this benchmark (`--merge`), with the GEMM rate measured there: sasrec (100.0 GFLOP/s)" in (
+        tmp_path / "merged.md").read_text()
+    with pytest.raises(ConfigError, match="--merge: .* holds configuration 'tuned', not 'fast'"):
+        benchmarking.kept_runs(dataclasses.replace(now, configuration="fast", name="ml-100k-tuned"))

@@ -218,6 +218,30 @@ def test_interrupted_trial_resumes_in_its_directory_and_failures_are_recorded(tm
     assert resumed[-1]["state"] in ("complete", "failed") and len(resumed) == 8
 
 
+def test_trial_seeds_average_and_extend_a_finished_search(tmp_path, fake_model):
+    specs = tuning.parse_params_file(_params(tmp_path, SPACE))
+    out = tmp_path / "tune"
+    one = tuning.tune("fake", specs, {}, 3, str(out), seed=3, verbose=0)
+    fake_model.clear()
+    # the same search with two training seeds: only the new seed's runs train, in their own directories
+    two = tuning.tune("fake", specs, {}, 3, str(out), seed=3, verbose=0, trial_seeds=[3, 5])
+    assert sorted((c.model_dir, c.seed) for c in fake_model) == [(str(out / f"trial-{i:03d}-seed-5"), 5) for i in range(3)]
+    assert [r["params"] for r in two] == [r["params"] for r in one]
+    for r in two:
+        runs = [r["runs"]["3"]["value"], r["runs"]["5"]["value"]]
+        assert r["value"] == pytest.approx(sum(runs) / 2) and r["seeds"] == [3, 5]
+        assert r["test"]["hr@10"] == pytest.approx((r["runs"]["3"]["test"]["hr@10"] + r["runs"]["5"]["test"]["hr@10"]) / 2)
+    table = (out / "results.md").read_text()
+    assert "mean over training seeds 3,5" in table and len(_rows(table)) == 3
+    # a fresh two-seed search draws the same parameters and trains both seeds of each trial
+    fake_model.clear()
+    fresh = tuning.tune("fake", specs, {}, 3, str(tmp_path / "fresh"), seed=3, verbose=0, trial_seeds=[3, 5])
+    assert len(fake_model) == 6 and [r["params"] for r in fresh] == [r["params"] for r in two]
+    assert [r["value"] for r in fresh] == pytest.approx([r["value"] for r in two])
+    with pytest.raises(ConfigError, match="--trial_seeds: each seed once"):
+        tuning.tune("fake", specs, {}, 3, str(out), seed=3, verbose=0, trial_seeds=[3, 3])
+
+
 def test_other_errors_stop_the_search(tmp_path, fake_model):
     specs = tuning.parse_params_file(_params(tmp_path, "embedding_dim choice [16]\n"))
     with pytest.raises(ConfigError, match="holds a run with a different configuration"):
