@@ -346,6 +346,9 @@ def _cache_options(data: str, fmt: str, convert_kwargs: dict) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not one of {', '.join(FORMATS)}")
     options["fmt"] = detect_format(data) if fmt == "auto" else fmt
+    if options.get("split") != "random":  # a leave-one-out split does not depend on them: one set for every seed
+        for name in ("seed", "valid_fraction", "test_fraction"):
+            options.pop(name, None)
     return options
 
 

@@ -60,7 +60,9 @@ def write_set(data: str, output_dir: str, source: Source, filters: dict, notes: 
         target_vocab_ = target_vocab or scan.vocabulary("targets")
         counts["target_interactions"] = sum(scan.counts["targets"].values())
         counts["target_oov_interactions"] = scan.oov("targets", target_vocab_)
-    split_options = {"mode": split, "seed": seed, "valid_fraction": valid_fraction, "test_fraction": test_fraction}
+    split_options = {"mode": split}
+    if split == "random":  # leave-one-out depends on none of them (one cached set serves every seed)
+        split_options |= {"seed": seed, "valid_fraction": valid_fraction, "test_fraction": test_fraction}
     metadata = _metadata(data, read_stats, item_vocab, vocab is not None, filters, counts, split_options, roles, scan.histogram())
     metadata["notes"] = notes
     if source.streaming is not None:

@@ -210,6 +210,11 @@ def test_resolve_data_converts_once_and_reuses(tmp_path):
     other = resolve_data(path, "inter", root, num_shards=2)
     assert other != set_dir and len(os.listdir(root)) == 2
     assert resolve_data(set_dir, "auto", root) == set_dir  # already a TFRecord set
+    # leave-one-out does not depend on the seed or the fractions: one set for every seed; a random split does
+    assert resolve_data(path, "auto", root, seed=7, valid_fraction=0.3) == set_dir
+    assert load_metadata(set_dir)["split"] == {"mode": "loo"}
+    random = {"split": "random", "valid_fraction": 0.0, "test_fraction": 0.0}
+    assert resolve_data(path, "auto", root, seed=1, **random) != resolve_data(path, "auto", root, seed=2, **random)
 
 
 def test_resolve_data_checks_vocab_hash_of_a_set(tmp_path):
