@@ -219,6 +219,7 @@ def test_ahead_of_recbole_checks_and_tuned_settings(monkeypatch):
     assert spec.resolved_name() == "ml-100k-tuned"
     monkeypatch.setitem(protocol.TUNED, "sasrec", {"learning_rate": 2e-3, "batch_size": 32})
     assert protocol.configuration_settings("tuned", "sasrec") == {"batch_size": 32, "learning_rate": 2e-3}
+    monkeypatch.delitem(protocol.TUNED, "caser")  # a model without a search runs as FAST
     assert protocol.configuration_settings("tuned", "caser") == protocol.FAST["caser"]
     assert protocol.configuration_settings("default", "sasrec") == {}
 
