@@ -39,6 +39,7 @@ model.field=value`` (or ``field=value``) sets anything else; runs live in
 from __future__ import annotations
 
 import dataclasses
+import ast
 import hashlib
 import json
 import math
@@ -434,8 +435,21 @@ def parse_set(values, models):
         model, dot, field = key.rpartition(".")
         if dot and model not in models:
             raise ConfigError(f"--set {text!r}: {model!r} is not in --models ({','.join(models)})")
-        (per_model.setdefault(model, {}) if dot else shared)[field] = value
+        (per_model.setdefault(model, {}) if dot else shared)[field] = _literal(value)
     return shared, per_model
+
+
+def _literal(text):
+    """A ``--set`` value as the number, bool or tuple it spells (``patience=5`` is the int 5, so the run directory's
+    hash is the same as when the setting comes from a configuration), else the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text
+    return tuple(value) if isinstance(value, list) else value
 
 
 def main(argv):

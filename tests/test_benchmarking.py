@@ -245,3 +245,14 @@ def test_merge_keeps_the_other_models_rows_with_their_own_gemm_rate(tmp_path):
         tmp_path / "merged.md").read_text()
     with pytest.raises(ConfigError, match="--merge: .* holds configuration 'tuned', not 'fast'"):
         benchmarking.kept_runs(dataclasses.replace(now, configuration="fast", name="ml-100k-tuned"))
+
+
+def test_set_values_are_typed_so_the_run_directory_matches_the_configurations():
+    shared, per_model = benchmarking.parse_set(
+        ["patience=5", "learning_rate=4e-3", "narm.lr_schedule=cosine", "dedup=false", "dilations=[1,2,4]"], ["narm"]
+    )
+    assert shared == {"patience": 5, "learning_rate": 4e-3, "dedup": False, "dilations": (1, 2, 4)}
+    assert per_model == {"narm": {"lr_schedule": "cosine"}}
+    assert type(shared["patience"]) is int
+    with pytest.raises(ConfigError, match="sasrec"):
+        benchmarking.parse_set(["sasrec.patience=5"], ["narm"])
