@@ -60,7 +60,13 @@ class MIIRConfig(SideInfoConfig):
     eval_batch_size: int = 256
     epochs: int = 8  # the original: 100 (fidelity m11)
     num_negatives: int = 99
-    patience: int = 3  # the original trains all its 100 epochs and selects the best validation epoch (fidelity m11)
+    # None: 3 for stage rec; for stage mii every epoch runs (= epochs), as the original's, because the MII objective
+    # is not next-item ranking and its validation MRR stays on the popularity plateau for ~5 epochs (fidelity m11)
+    patience: int | None = None
+
+    def __post_init__(self):
+        if self.patience is None:
+            self.patience = self.epochs if self.stage == "mii" else 3
 
     def resolved_model_dir(self):
         return self.model_dir or f"checkpoints/{'pretrain' if self.stage == 'mii' else 'train'}-miir"

@@ -181,6 +181,12 @@ def test_chunks_count_from_the_oldest_and_masks_stay_on_real_positions():
     assert np.array_equal(again[SAMPLE_WEIGHT].numpy(), weight)  # stateless: the same seed, the same masks
 
 
+def test_mii_stage_runs_every_epoch_unless_patience_is_given():
+    assert MIIRConfig().patience == 3
+    assert MIIRConfig(stage="mii").patience == 8 and MIIRConfig(stage="mii", epochs=20).patience == 20
+    assert MIIRConfig(stage="mii", patience=2).patience == 2
+
+
 def test_config_errors_name_the_flag():
     with pytest.raises(ConfigError, match="--attention"):
         MIIRConfig(attention="sparse").validate()
