@@ -13,7 +13,8 @@ checkpoints/pretrain-grec/; the original GRec uses sampled softmax
 
 --backbone miir pretrains MIIR with the MII objective (peterrec.recipes.miir.run_miir,
 stage "mii"; the original's defaults: Adam 1e-4, clip by value 5, batch 128, 100 epochs, d 64,
-3 layers, 4 heads, --mask_prob 0.5, --discard_share 0.5) on --data and its item side information
+3 layers, 4 heads, --mask_prob 0.5, --discard_share 0.5; here 8 epochs, every one run unless --patience is
+given, Adam 1e-3, dropout 0.1: fidelity m11) on --data and its item side information
 (--item_data, default Data/synthetic/source.item; --item_fields, --item_format, --attention dfsa|sfsa)
 and writes checkpoints/pretrain-miir/; finetune it with
 `python -m pipelines.train --model miir --pretrained checkpoints/pretrain-miir` (the same --data,
