@@ -36,9 +36,10 @@ def test_pretrain_miir_defaults_without_flags(cli):
     cfg = json.loads(done.stdout.strip().splitlines()[-1])
     assert cfg["data"] == "Data/synthetic/source.inter" and cfg["item_data"] == "Data/synthetic/source.item"
     assert cfg["stage"] == "mii" and cfg["dir"] == os.path.join("checkpoints", "pretrain-miir")
-    # MIIR's own settings (the original's, except fidelity m11), not the shared flags' defaults (batch 64, 10 epochs, mask_prob 0.3, max_len 50)
+    # MIIR's own settings (the original's, except fidelity m11), not the shared flags' defaults (batch 64, 10 epochs, mask_prob 0.3, max_len 50);
+    # MII pretraining runs every epoch (patience = epochs)
     assert (cfg["learning_rate"], cfg["batch_size"], cfg["epochs"], cfg["patience"], cfg["mask_prob"], cfg["max_len"], cfg["embedding_dim"],
-            cfg["dropout"]) == (1e-3, 128, 8, 3, 0.5, 20, 64, 0.1)
+            cfg["dropout"]) == (1e-3, 128, 8, 8, 0.5, 20, 64, 0.1)
     assert os.path.isfile(os.path.join(REPO, cfg["data"])) and os.path.isfile(os.path.join(REPO, cfg["item_data"]))
 
 
