@@ -39,7 +39,6 @@ model.field=value`` (or ``field=value``) sets anything else; runs live in
 from __future__ import annotations
 
 import dataclasses
-import ast
 import hashlib
 import json
 import math
@@ -170,10 +169,14 @@ def run_settings(spec: BenchmarkSpec, job):
     settings |= configuration_settings(spec.configuration, job.name)
     settings |= {"tfrecord_dir": spec.tfrecord_dir, "verbose": spec.verbose}
     # settings for every model apply where the model has them (RecBole names such as embedding_size included)
+    # typed as the model's field (``--set patience=5`` is the int 5: the same run directory as a configuration's 5)
     for name, value in spec.overrides.items():
-        if name in fields or tuning.RECBOLE_NAMES.get(name) in fields:
-            settings[name] = value
-    settings |= dict(spec.model_overrides.get(job.name, {}))
+        field = name if name in fields else tuning.RECBOLE_NAMES.get(name)
+        if field in fields:
+            settings[name] = tuning.coerce(job.config_class, field, value, f"--set {name}")
+    for name, value in spec.model_overrides.get(job.name, {}).items():
+        field = name if name in fields else tuning.RECBOLE_NAMES.get(name, name)
+        settings[name] = tuning.coerce(job.config_class, field, value, f"--set {job.name}.{name}") if field in fields else value
     return settings
 
 
@@ -435,21 +438,9 @@ def parse_set(values, models):
         model, dot, field = key.rpartition(".")
         if dot and model not in models:
             raise ConfigError(f"--set {text!r}: {model!r} is not in --models ({','.join(models)})")
-        (per_model.setdefault(model, {}) if dot else shared)[field] = _literal(value)
+        (per_model.setdefault(model, {}) if dot else shared)[field] = value
     return shared, per_model
 
-
-def _literal(text):
-    """A ``--set`` value as the number, bool or tuple it spells (``patience=5`` is the int 5, so the run directory's
-    hash is the same as when the setting comes from a configuration), else the string itself."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-        return text
-    return tuple(value) if isinstance(value, list) else value
 
 
 def main(argv):

@@ -36,7 +36,9 @@ def coerce(config_class, field, value, where):
     """``value`` converted to the type of ``config_class.field``'s default (int, float, bool, tuple)."""
     default = next(f for f in dataclasses.fields(config_class) if f.name == field).default
     if default is dataclasses.MISSING or default is None:
-        return value
+        # an optional field: a string that spells a number or a bool is that value (a path or JSON stays a string)
+        parsed = _literal(value) if isinstance(value, str) else value
+        return parsed if isinstance(parsed, (bool, int, float)) or parsed is None else value
     if isinstance(value, str) and not isinstance(default, str):
         value = _literal(value)
     bad = ConfigError(f"{where}: {field} expects a {type(default).__name__}, got {value!r}")

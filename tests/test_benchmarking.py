@@ -247,12 +247,17 @@ def test_merge_keeps_the_other_models_rows_with_their_own_gemm_rate(tmp_path):
         benchmarking.kept_runs(dataclasses.replace(now, configuration="fast", name="ml-100k-tuned"))
 
 
-def test_set_values_are_typed_so_the_run_directory_matches_the_configurations():
-    shared, per_model = benchmarking.parse_set(
-        ["patience=5", "learning_rate=4e-3", "narm.lr_schedule=cosine", "dedup=false", "dilations=[1,2,4]"], ["narm"]
-    )
-    assert shared == {"patience": 5, "learning_rate": 4e-3, "dedup": False, "dilations": (1, 2, 4)}
-    assert per_model == {"narm": {"lr_schedule": "cosine"}}
-    assert type(shared["patience"]) is int
+def test_set_values_are_typed_so_the_run_directory_matches_the_configurations(tmp_path):
+    shared, per_model = benchmarking.parse_set(["patience=5", "learning_rate=4e-3", "narm.lr_schedule=cosine"], ["narm"])
+    assert shared == {"patience": "5", "learning_rate": "4e-3"} and per_model == {"narm": {"lr_schedule": "cosine"}}
+    job = benchmarking.tuning.model_job("narm")
+    typed = benchmarking.BenchmarkSpec(models=["narm"], work_dir=str(tmp_path), overrides=shared, model_overrides=per_model)
+    settings = benchmarking.run_settings(typed, job)
+    assert type(settings["patience"]) is int and settings["patience"] == 5 and settings["learning_rate"] == 4e-3
+    assert settings["lr_schedule"] == "cosine"
+    given = dataclasses.replace(typed, overrides={"patience": 5, "learning_rate": 4e-3})
+    assert benchmarking.run_dir(typed, job, settings) == benchmarking.run_dir(given, job, benchmarking.run_settings(given, job))
+    with pytest.raises(ConfigError, match="--set patience: patience expects a int"):
+        benchmarking.run_settings(dataclasses.replace(typed, overrides={"patience": "many"}), job)
     with pytest.raises(ConfigError, match="sasrec"):
         benchmarking.parse_set(["sasrec.patience=5"], ["narm"])

@@ -306,3 +306,13 @@ def test_one_trial_caser_search(tmp_path, tiny_inter):
     config = json.loads(open(os.path.join(record["model_dir"], "job_config.json")).read())
     assert config["caser"]["L"] == 5 and config["caser"]["nv"] == record["params"]["nv"]  # Caser's own L, the searched nv
     assert len(_rows((tmp_path / "tune" / "results.md").read_text())) == 1
+
+
+def test_coerce_types_settings_of_optional_fields_only_where_they_spell_a_number():
+    from peterrec.recipes.miir import MIIRConfig
+    from peterrec.settings import coerce
+
+    assert coerce(MIIRConfig, "patience", "5", "here") == 5 and coerce(MIIRConfig, "rating_threshold", "4", "here") == 4
+    assert coerce(MIIRConfig, "pretrained", "checkpoints/pretrain-miir", "here") == "checkpoints/pretrain-miir"
+    assert coerce(MIIRConfig, "tf_config", '{"task": {"index": 1}}', "here") == '{"task": {"index": 1}}'
+    assert coerce(MIIRConfig, "epochs", "12", "here") == 12
