@@ -46,14 +46,15 @@ FAST = {
     "caser": {"tied": True, "T": 1, "embedding_dim": 64, "dropout": 0.4, "nv": 4, "nh": 8, "batch_size": 256},
 }
 # The "tuned" configuration: each model's settings selected on *validation* MRR@10 by `pipelines.tune` over the
-# space in benchmarks/tuned/<model>.test (seed 1, the trial budget in benchmarks/tuned/README.md), on top of FAST;
+# space in benchmarks/tuned/<model>.test (every trial on seeds 1 and 2, the budget in benchmarks/tuned/README.md), on top of FAST;
 # the searches' tables are benchmarks/results/tune-<model>.md. A model without a search here runs as FAST.
 TUNED = {
     # benchmarks/results/tune-nextitnet.md, trial 5 of 6, each trained on seeds 1 and 2 (mean valid MRR@10 0.0467;
     # 0.0413-0.0460 for the others; the one-seed search had picked trial 3, 0.0449 on the two seeds)
     "nextitnet": {"learning_rate": 0.003263, "lr_schedule": "cosine", "dropout": 0.1125, "stride": 35, "batch_size": 32,
                   "weight_decay": 0.01, "epochs": 15, "patience": 5},
-    # benchmarks/results/tune-sasrec.md, trial 5 of 6 finished (valid MRR@10 0.0450; 0.0391-0.0424 for the others)
+    # benchmarks/results/tune-sasrec.md, trial 5 of 6, each trained on seeds 1 and 2 (mean valid MRR@10 0.0467; 0.0397-0.0430;
+    # the one-seed search had picked the same trial)
     "sasrec": {"learning_rate": 0.003263, "lr_schedule": "cosine", "hidden_dropout": 0.2125, "attn_dropout": 0.2323, "batch_size": 16,
                "stride": 10, "weight_decay": 0.1, "epochs": 15, "patience": 5},
     # benchmarks/results/tune-narm.md, trial 3 of 6, each trained on seeds 1 and 2 (mean valid MRR@10 0.0479; 0.0424-0.0473)

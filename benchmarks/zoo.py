@@ -170,13 +170,16 @@ def run_settings(spec: BenchmarkSpec, job):
     settings |= {"tfrecord_dir": spec.tfrecord_dir, "verbose": spec.verbose}
     # settings for every model apply where the model has them (RecBole names such as embedding_size included)
     # typed as the model's field (``--set patience=5`` is the int 5: the same run directory as a configuration's 5)
-    for name, value in spec.overrides.items():
+    def typed(name, value, where):
         field = name if name in fields else tuning.RECBOLE_NAMES.get(name)
-        if field in fields:
-            settings[name] = tuning.coerce(job.config_class, field, value, f"--set {name}")
+        return field in fields, tuning.coerce(job.config_class, field, value, where) if field in fields else value
+
+    for name, value in spec.overrides.items():
+        known, value = typed(name, value, f"--set {name}")
+        if known:
+            settings[name] = value
     for name, value in spec.model_overrides.get(job.name, {}).items():
-        field = name if name in fields else tuning.RECBOLE_NAMES.get(name, name)
-        settings[name] = tuning.coerce(job.config_class, field, value, f"--set {job.name}.{name}") if field in fields else value
+        settings[name] = typed(name, value, f"--set {job.name}.{name}")[1]
     return settings
 
 
@@ -440,7 +443,6 @@ def parse_set(values, models):
             raise ConfigError(f"--set {text!r}: {model!r} is not in --models ({','.join(models)})")
         (per_model.setdefault(model, {}) if dot else shared)[field] = value
     return shared, per_model
-
 
 
 def main(argv):
