@@ -28,6 +28,7 @@ import tensorflow as tf
 from peterrec.augment.embeddings import item_table, last_logits, replace_at
 from peterrec.eval.ranking import NEG_INF, exclude_reserved
 from peterrec.features import ITEM_IDS, LENGTHS, NUM_RESERVED
+from peterrec.losses import softmax_ce
 
 METHODS = ("heuristic", "learning", "ad")
 POSITIONS = ("from_end", "from_start", "random")
@@ -284,7 +285,7 @@ def adversarial_samples(anchor, sampler, item_ids, lengths, heldout, uniforms, i
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(e_prime)
             logits = last_logits(anchor, item_ids, lengths, replace_at(item_ids, positions, table, e_prime))
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y0, tf.cast(logits, tf.float32))
+            ce = softmax_ce(y0, logits)
             objective = ce - intervention.closeness * tf.reduce_sum(tf.square(e_prime - e_orig), -1) / tf.square(scale)
         e_prime = e_prime + intervention.step_size * scale * _normalised(tape.gradient(objective, e_prime))
     allowed = allowed_replacements(anchor.backbone.vocabulary_size, heldout, old)
@@ -292,7 +293,7 @@ def adversarial_samples(anchor, sampler, item_ids, lengths, heldout, uniforms, i
     for c in range(max(1, intervention.candidates)):  # one candidate at a time: memory of one batch
         ids_c = with_item(item_ids, positions, map_back(table, e_prime, allowed, intervention, uniforms[:, 2 + c]))
         labels_c, top1_c, _ = sampler_labels(sampler, ids_c, lengths, heldout, intervention.label, uniforms[:, 1])
-        ce_c = tf.nn.sparse_softmax_cross_entropy_with_logits(labels_c, tf.cast(last_logits(anchor, ids_c, lengths), tf.float32))
+        ce_c = softmax_ce(labels_c, last_logits(anchor, ids_c, lengths))
         if best_ids is None:
             best_ids, best_labels, best_top1, best_ce = ids_c, labels_c, top1_c, ce_c
             continue

@@ -235,7 +235,7 @@ class ATRank(keras.Model):
         parts = [self.item_embedding(ids)]
         looked_up = self.features(ids)
         for spec, table in zip(self.feature_spec, self.field_tables):
-            parts.append(embed_categorical(table, looked_up[spec["name"]][0], spec["kind"]))
+            parts.append(tf.cast(embed_categorical(table, looked_up[spec["name"]][0], spec["kind"]), parts[0].dtype))
         return tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def candidate_vectors(self, item_ids):
@@ -268,8 +268,9 @@ class ATRank(keras.Model):
         """
         item_ids = tf.cast(item_ids, tf.int32)
         mask = tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(item_ids)[1], dtype=tf.float32)
-        time = tf.one_hot(tf.cast(time_buckets, tf.int32), self.time_depth, dtype=tf.float32)  # depth 12: bucket 12 -> zeros
-        h = self._project_history(self.item_vectors(item_ids), time, behaviours)
+        vectors = self.item_vectors(item_ids)
+        time = tf.one_hot(tf.cast(time_buckets, tf.int32), self.time_depth, dtype=vectors.dtype)  # depth 12: bucket 12 -> zeros
+        h = self._project_history(vectors, time, behaviours)
         for block in self.self_blocks:
             h = block(h, h, mask, mask, training=training)
         return h, mask
@@ -285,7 +286,7 @@ class ATRank(keras.Model):
         ones = tf.ones(tf.shape(candidates), tf.float32)
         for block in self.vanilla_blocks:
             u = block(u, encoded, ones, mask, training=training)
-        return tf.gather(self.item_bias, candidates) + tf.reduce_sum(u * e, axis=-1), u, e
+        return tf.gather(self.item_bias, candidates) + tf.cast(tf.reduce_sum(u * e, axis=-1), tf.float32), u, e  # float32 logits
 
     def score_all(self, encoded, mask):
         """Logits ``[B, V]`` of every id, ``candidate_chunk`` candidates at a time (inference)."""

@@ -58,7 +58,7 @@ class STAMPAttention(keras.layers.Layer):
         """``m_a`` of the queries ``index [N, 2]`` (``(row, position)``) only, ``[N, D]``: ``call(...)`` gathered there."""
         rows = index[:, 0]
         m_s = tf.gather_nd(self.memory(x, item_ids), index)  # [N, D]
-        query = self.w2(tf.gather_nd(x, index)) + self.w3(m_s) + self.b_a  # [N, D]
+        query = self.w2(tf.gather_nd(x, index)) + self.w3(m_s) + ops.cast(self.b_a, x.dtype)  # [N, D]; outside __call__: no autocast
         gates = ops.sigmoid(tf.gather(self.w1(x), rows) + ops.expand_dims(query, 1))  # [N, I, D]
         alpha = ops.squeeze(self.w0(gates), -1) * query_prefix_mask(item_ids, index, x.dtype)  # [N, I]
         return tf.einsum("ni,nid->nd", alpha, tf.gather(x, rows)) + m_s

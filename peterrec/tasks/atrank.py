@@ -206,7 +206,7 @@ class ATRankTask(Task):
             return ce
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         global_count = self.loss_count(batch) * replicas  # the all-reduced count when replicas get equal batches
-        l2 = 0.5 * (tf.reduce_sum(tf.square(u)) + tf.reduce_sum(tf.square(e)))
+        l2 = 0.5 * (tf.reduce_sum(tf.square(tf.cast(u, tf.float32))) + tf.reduce_sum(tf.square(tf.cast(e, tf.float32))))
         return ce + global_count * self.reg_rate * l2
 
     def uses_candidate_sampler(self):

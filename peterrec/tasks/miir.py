@@ -31,6 +31,7 @@ from peterrec.data import dataset
 from peterrec.data.item_features import PAD_VALUE
 from peterrec.data.tfrecord import graph_fn
 from peterrec.features import ITEM_IDS, LABELS, LENGTHS, MASK_ID, PAD_ID, SAMPLE_WEIGHT
+from peterrec.losses import softmax_ce
 from peterrec.models.miir import MIIR  # noqa: F401  (registers MIIR)
 from peterrec.tasks.masked_item import end_mask
 from peterrec.tasks.base import Task
@@ -135,7 +136,7 @@ class MIIRTask(Task):
         cells = tf.where(batch[SAMPLE_WEIGHT] > 0)  # [N, 2]: gather before the output matmul
         logits = self.backbone.id_logits(tf.gather_nd(hidden, cells))
         labels = tf.gather_nd(tf.cast(batch[LABELS], tf.int32), cells)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        ce = softmax_ce(labels, logits)
         return _per_sequence(ce, tf.cast(cells[:, 0], tf.int32), tf.shape(hidden)[0])
 
     def mii_cells(self, batch):
@@ -159,13 +160,13 @@ class MIIRTask(Task):
         for j, (name, cells) in enumerate(self.mii_cells(batch).items()):
             h = tf.gather_nd(hidden[:, :, j], cells)
             if j == 0:
-                loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.gather_nd(ids, cells), logits=self.backbone.id_logits(h))
+                loss = softmax_ce(tf.gather_nd(ids, cells), self.backbone.id_logits(h))
             else:
                 spec = self.backbone.feature_spec[j - 1]
                 values = tf.gather_nd(looked_up[name][0], cells)
                 output = self.backbone.field_output(name, h)
                 if spec["kind"] == "token":
-                    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=values, logits=output)
+                    loss = softmax_ce(values, output)
                 elif spec["kind"] == "token_seq":
                     target = tf.reduce_max(tf.one_hot(values, spec["size"]) * tf.cast(values != PAD_VALUE, tf.float32)[..., None], axis=1)
                     loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=output), axis=-1)

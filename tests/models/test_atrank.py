@@ -138,6 +138,23 @@ def test_loss_is_the_originals_mean_ce_plus_activation_l2():
     np.testing.assert_allclose(float(task.loss_sum(batch, training=False)) / 4.0, expected, rtol=1e-5)
 
 
+def test_mixed_bfloat16_loss_is_float32_and_close_to_the_float32_loss():
+    """``--mixed_precision`` on a CPU: bfloat16 compute, float32 variables, logits and loss."""
+    from peterrec import distribute
+
+    batch = {
+        ITEM_IDS: tf.constant([[5, 9, 4], [7, 0, 0]]), LENGTHS: tf.constant([3, 1]), tasks.TIME_BUCKETS: tf.constant([[1, 2, 0], [4, 0, 0]]),
+        tasks.CANDIDATES: tf.constant([[6, 20], [8, 11]]), tasks.CANDIDATE_LABELS: tf.constant([[1.0, 0.0], [1.0, 0.0]]),
+    }
+    full = tasks.ATRankTask(_network(), reg_rate=0.01)
+    with distribute.dtype_policy("mixed_bfloat16"):
+        mixed = tasks.ATRankTask(_network(), reg_rate=0.01)
+    mixed.backbone.set_weights(full.backbone.get_weights())
+    loss = mixed.loss_sum(batch, training=True)
+    assert loss.dtype == tf.float32 and all(w.dtype == "float32" for w in mixed.trainable_weights)
+    np.testing.assert_allclose(float(loss), float(full.loss_sum(batch, training=True)), rtol=2e-2)
+
+
 class _Fixed:
     def __init__(self, scores):
         self.scores = tf.constant(scores, tf.float32)

@@ -131,6 +131,25 @@ def test_loss_at_the_weighted_positions_only_equals_the_full_forward_loss(backbo
     assert float(task.loss_sum(batch, training=False)) == pytest.approx(float(task.loss_sum(batch, training=False, static_shapes=True)), rel=1e-5)
 
 
+def test_softmax_ce_and_its_gradient_equal_tfs_kernel():
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(0, 3, (2, 3, 7)).astype("float32") + np.float32(60) * (rng.random((2, 3, 7)) > 0.8))
+    labels = tf.constant(rng.integers(0, 7, (2, 3)).astype("int32"))
+    upstream = tf.constant(rng.random((2, 3)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = losses.softmax_ce(labels, logits)
+        theirs = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        ours_sum, theirs_sum = tf.reduce_sum(ours * upstream), tf.reduce_sum(theirs * upstream)
+    assert ours.shape == (2, 3)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(ours_sum, logits).numpy(), tape.gradient(theirs_sum, logits).numpy(), rtol=1e-5, atol=1e-6)
+    hand = -np.log(np.exp(2.0) / (np.exp(2.0) + np.exp(0.0) + np.exp(-1.0)))
+    assert float(losses.softmax_ce(tf.constant([0]), tf.constant([[2.0, 0.0, -1.0]]))[0]) == pytest.approx(hand, rel=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        losses.softmax_ce(tf.constant([7]), tf.zeros([1, 7]))
+
+
 def test_full_softmax_loss_under_xla_equals_eager():
     task = _task("sasrec", output="tied")
     batch = _batch()

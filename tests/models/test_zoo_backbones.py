@@ -118,6 +118,24 @@ def test_hidden_at_equals_the_full_forward_at_the_given_positions(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_hidden_at_under_mixed_bfloat16_is_close_to_float32(name):
+    """``--mixed_precision`` on a CPU: the training path (``hidden_at``, outside Keras' autocasting ``__call__``) computes in bfloat16."""
+    import tensorflow as tf
+
+    from peterrec import distribute
+
+    full = _backbone(name)
+    with distribute.dtype_policy("mixed_bfloat16"):
+        mixed = _backbone(name)
+    mixed.set_weights(full.get_weights())
+    x = _rows(np.array([L, 7, 1, 3], "int32"), seed=5)
+    index = tf.constant([[0, 0], [0, L - 1], [1, 6], [2, 0], [3, 2]], tf.int64)
+    at = mixed.hidden_at(x, index, training=False)
+    assert at.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(at, tf.float32).numpy(), full.hidden_at(x, index, training=False).numpy(), rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_config_round_trip_rebuilds_the_same_function(name):
     backbone = _backbone(name)
     config = keras.saving.serialize_keras_object(backbone)
