@@ -196,7 +196,7 @@ class MIIR(keras.Model):
                 if masked is not None:
                     numbers = tf.where(masked[..., None], tf.zeros_like(numbers), numbers)
                 embedded = self.numeric_in[s["name"]](numbers)
-            parts.append(embedded)
+            parts.append(tf.cast(embedded, parts[0].dtype))  # float32 tables, the compute dtype under --mixed_precision
         return tf.stack(parts, axis=2)
 
     def encode(self, item_ids, field_mask=None, training=None):
@@ -205,7 +205,7 @@ class MIIR(keras.Model):
         batch, length = tf.shape(item_ids)[0], tf.shape(item_ids)[1]
         positions = tf.minimum(tf.range(length), self.max_positions - 1)
         tokens = self._values(item_ids, field_mask)
-        tokens += tf.gather(self.position_embedding, positions)[None, :, None, :] + self.field_embedding[None, None, :, :]
+        tokens += tf.cast(tf.gather(self.position_embedding, positions)[None, :, None, :] + self.field_embedding[None, None, :, :], tokens.dtype)
         x = tf.reshape(tokens, [batch, length * self.num_fields, self.embedding_dim])
         mask = attention_mask(tf.not_equal(item_ids, PAD_ID), self.num_fields, self.attention == "sfsa")
         for layer in self.fusion:
@@ -214,12 +214,12 @@ class MIIR(keras.Model):
 
     def id_logits(self, hidden):
         """``[N, V]`` scores of every item id for ID-field states ``[N, d]`` (tied)."""
-        return tf.matmul(hidden, self.item_embedding.embeddings, transpose_b=True)
+        return tf.matmul(hidden, tf.cast(self.item_embedding.embeddings, hidden.dtype), transpose_b=True)
 
     def field_output(self, name, hidden):
         """A side field's output for its states ``[N, d]``: logits over its values, or the predicted numbers."""
         if name in self.field_tables:
-            return tf.matmul(hidden, self.field_tables[name], transpose_b=True)
+            return tf.matmul(hidden, tf.cast(self.field_tables[name], hidden.dtype), transpose_b=True)
         return self.numeric_out[name](hidden)
 
     def call(self, item_ids, training=None):

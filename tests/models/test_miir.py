@@ -166,6 +166,24 @@ def test_rec_loss_is_the_mean_ce_of_masked_positions_per_sequence():
     assert float(task.loss_count(batch)) == 2.0
 
 
+@pytest.mark.parametrize("stage", ["mii", "rec"])
+def test_mixed_bfloat16_losses_are_float32_and_close_to_the_float32_losses(stage):
+    """``--mixed_precision`` on a CPU: bfloat16 compute with float32 tables, outputs and losses (every field kind)."""
+    from peterrec import distribute
+
+    ids = np.array([[4, 10, 11, 5, PAD_ID, PAD_ID], [6, 7, 8, 9, 12, 13]])
+    weight = np.array([[1, 0, 1, 1, 0, 0], [0, 1, 0, 1, 1, 0]], np.float32)
+    batch = {ITEM_IDS: ids, tasks.CELL_MASK: np.ones((2, 6, 4), np.float32)} if stage == "mii" else {
+        ITEM_IDS: np.where(weight > 0, MASK_ID, ids), LABELS: ids, SAMPLE_WEIGHT: weight}
+    full = tasks.MIIRTask(_network(), stage=stage)
+    with distribute.dtype_policy("mixed_bfloat16"):
+        mixed = tasks.MIIRTask(_network(), stage=stage)
+    mixed.backbone.set_weights(full.backbone.get_weights())
+    loss = mixed.loss_sum(batch, training=False)
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(float(loss), float(full.loss_sum(batch, training=False)), rtol=3e-2)
+
+
 # ---------------------------------------------------------------- training rows
 def test_chunks_count_from_the_oldest_and_masks_stay_on_real_positions():
     chunks, lengths = tasks.chunks_from_start(tf.constant([11, 12, 13, 14, 15]), 2)
