@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from peterrec.features import NUM_RESERVED
+from peterrec.losses import softmax_ce
 
 DEFAULT_KS = (5, 10, 20)
 NEG_INF = -3.0e38
@@ -57,8 +58,7 @@ def rank_metrics(ranks, ks=DEFAULT_KS):
 def log_loss(scores, targets):
     """Per-example softmax cross-entropy ``[B]`` of ``targets`` over the columns of ``scores``
     (ids set to ``NEG_INF`` by :func:`exclude_reserved` get probability 0)."""
-    scores = tf.cast(scores, tf.float32)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=scores)
+    return softmax_ce(targets, scores)
 
 
 def sampled_ranks(scores, targets, num_negatives=99, seed=(0, 0), num_reserved=NUM_RESERVED):

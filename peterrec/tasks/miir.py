@@ -164,14 +164,14 @@ class MIIRTask(Task):
             else:
                 spec = self.backbone.feature_spec[j - 1]
                 values = tf.gather_nd(looked_up[name][0], cells)
-                output = self.backbone.field_output(name, h)
+                output = tf.cast(self.backbone.field_output(name, h), tf.float32)  # float32 losses under --mixed_precision
                 if spec["kind"] == "token":
                     loss = softmax_ce(values, output)
                 elif spec["kind"] == "token_seq":
                     target = tf.reduce_max(tf.one_hot(values, spec["size"]) * tf.cast(values != PAD_VALUE, tf.float32)[..., None], axis=1)
-                    loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=tf.cast(output, tf.float32)), axis=-1)
+                    loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=output), axis=-1)
                 else:
-                    loss = tf.reduce_sum(tf.square(tf.cast(output, tf.float32) - tf.cast(tf.reshape(values, tf.shape(output)), tf.float32)), axis=-1)
+                    loss = tf.reduce_sum(tf.square(output - tf.cast(tf.reshape(values, tf.shape(output)), tf.float32)), axis=-1)
             losses.append(loss)
             rows.append(tf.cast(cells[:, 0], tf.int32))
         return _per_sequence(tf.concat(losses, 0), tf.concat(rows, 0), tf.shape(ids)[0])
